@@ -1,0 +1,334 @@
+//! Gateway configuration: a TOML file (every key optional), overridden by the
+//! command line. Every bound the gateway enforces is named here.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use thiserror::Error;
+
+/// Errors while loading or checking the configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    pub runtime: Runtime,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub service: Service,
+    pub log: Log,
+}
+
+/// Where the gateway listens. Every shard binds every address with
+/// SO_REUSEPORT; a port of 0 is resolved once at start and shared by all.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    pub tcp: Vec<SocketAddr>,
+    pub ws: Vec<SocketAddr>,
+    /// listen(2) backlog of every listening socket.
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Runtime {
+    /// Connection shards; 0 means one per available core.
+    pub shards: usize,
+    /// Pin shard i to CPU i (modulo the CPUs available) where the host allows.
+    pub pin: bool,
+    /// io_uring depth of each executor's rings.
+    pub ring_depth: usize,
+    /// Registered I/O memory of each executor (the gateway does no file I/O).
+    pub io_memory_bytes: usize,
+    /// Busy-poll this long before an idle shard parks (0 = park at once).
+    pub spin_before_park_us: u64,
+    /// Per-shard read buffer that every connection of the shard reads into.
+    pub read_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame payload accepted (`too_large` above it).
+    pub max_payload_bytes: u32,
+    /// Bytes queued towards one connection before DATA to it is refused
+    /// with `slow_consumer`.
+    pub outbound_queue_bytes: usize,
+    /// Connections one shard holds; further accepts are closed at once.
+    pub max_connections_per_shard: usize,
+    /// Addresses one connection may watch at once.
+    pub max_subscriptions_per_connection: usize,
+    /// Batches in flight on one cross-shard channel (one channel per ordered
+    /// pair of shards).
+    pub channel_capacity_batches: usize,
+    /// Bytes of DATA waiting for one destination shard while its channel is
+    /// full; DATA beyond it is refused with `slow_consumer`.
+    pub channel_pending_bytes: usize,
+    /// Largest HTTP upgrade request on the WebSocket port.
+    pub max_http_request_bytes: usize,
+    /// Offline addresses whose last-seen time a shard remembers for
+    /// PRESENCE `at_us`.
+    pub presence_memory_entries: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    pub heartbeat_timeout_ms: u32,
+    pub handshake_timeout_ms: u32,
+    /// After the gateway closes a connection with an ERROR, how long it keeps
+    /// draining the peer's input so the ERROR is not destroyed by a reset.
+    pub close_linger_ms: u32,
+    /// On SIGTERM/SIGINT, how long the gateway waits for connections to
+    /// take their `shutting_down` before it exits anyway.
+    pub shutdown_deadline_ms: u32,
+    /// Resolution of the per-shard timeout wheel.
+    pub timer_tick_ms: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Service {
+    /// Requests queued from all shards to the service shard; a TIME_REQ that
+    /// finds it full is answered by the connection's own shard.
+    pub queue_capacity: usize,
+    /// Replies queued from the service shard to one connection shard.
+    pub reply_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// A `tracing` filter (`info`, `debug`, `uring_gateway=trace`); `RUST_LOG`
+    /// wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: Listen::default(),
+            runtime: Runtime::default(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            service: Service::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 7000))],
+            ws: vec![SocketAddr::from(([127, 0, 0, 1], 7001))],
+            backlog: 4096,
+        }
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            shards: 0,
+            pin: true,
+            ring_depth: 2048,
+            io_memory_bytes: 512 * 1024,
+            spin_before_park_us: 0,
+            read_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1024 * 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            max_connections_per_shard: 1_000_000,
+            max_subscriptions_per_connection: 1024,
+            channel_capacity_batches: 1024,
+            channel_pending_bytes: 64 * 1024 * 1024,
+            max_http_request_bytes: 8192,
+            presence_memory_entries: 1_000_000,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            heartbeat_timeout_ms: 90_000,
+            handshake_timeout_ms: 10_000,
+            close_linger_ms: 2_000,
+            shutdown_deadline_ms: 5_000,
+            timer_tick_ms: 100,
+        }
+    }
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Service {
+            queue_capacity: 65_536,
+            reply_capacity: 65_536,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".to_string(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: String::new(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks the relations between settings that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.listen.tcp.is_empty() && self.listen.ws.is_empty() {
+            return bad("listen: at least one tcp or ws address is needed");
+        }
+        if self.limits.max_payload_bytes == 0 || self.limits.max_payload_bytes > (1 << 30) {
+            return bad("limits.max_payload_bytes must be in 1..=1073741824");
+        }
+        if self.limits.outbound_queue_bytes < 1024 {
+            return bad("limits.outbound_queue_bytes must be at least 1024");
+        }
+        if self.limits.channel_capacity_batches == 0 {
+            return bad("limits.channel_capacity_batches must be at least 1");
+        }
+        if self.limits.max_connections_per_shard == 0 {
+            return bad("limits.max_connections_per_shard must be at least 1");
+        }
+        if self.timeouts.timer_tick_ms == 0 {
+            return bad("timeouts.timer_tick_ms must be at least 1");
+        }
+        if self.timeouts.heartbeat_timeout_ms == 0 || self.timeouts.handshake_timeout_ms == 0 {
+            return bad("timeouts must be at least 1 ms");
+        }
+        if self.runtime.read_buffer_bytes < 4096 {
+            return bad("runtime.read_buffer_bytes must be at least 4096");
+        }
+        if self.service.queue_capacity == 0 || self.service.reply_capacity == 0 {
+            return bad("service queue capacities must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Number of connection shards after resolving `shards = 0`.
+    pub fn shard_count(&self) -> usize {
+        if self.runtime.shards > 0 {
+            self.runtime.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// Largest WebSocket message accepted: a binary frame of the maximum
+    /// payload, or its JSON form with the payload in base64 plus the named
+    /// fields.
+    pub fn max_ws_message_bytes(&self) -> usize {
+        let payload = self.limits.max_payload_bytes as usize;
+        let binary = crate::proto::HEADER_LEN + payload;
+        let json = payload.div_ceil(3) * 4 + 1024;
+        binary.max(json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.tcp[0].port(), 7000);
+        assert_eq!(c.listen.ws[0].port(), 7001);
+        assert_eq!(c.timeouts.heartbeat_timeout_ms, 90_000);
+        assert_eq!(c.timeouts.handshake_timeout_ms, 10_000);
+        assert_eq!(c.limits.max_payload_bytes, 1 << 20);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn sample_file_parses_and_matches_defaults() {
+        let text = include_str!("../config/gateway.toml");
+        let c = Config::from_toml(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Config::from_toml("[limits]\nmax_payload = 3\n").unwrap_err();
+        assert!(e.to_string().contains("max_payload"), "{e}");
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = Config::from_toml("[timeouts]\nheartbeat_timeout_ms = 500\n").unwrap();
+        assert_eq!(c.timeouts.heartbeat_timeout_ms, 500);
+        assert_eq!(c.timeouts.handshake_timeout_ms, 10_000);
+    }
+
+    #[test]
+    fn validation_catches_bad_relations() {
+        let mut c = Config::default();
+        c.limits.max_payload_bytes = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.listen.tcp.clear();
+        c.listen.ws.clear();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn ws_message_limit_covers_base64_json() {
+        let mut c = Config::default();
+        c.limits.max_payload_bytes = 3000;
+        assert_eq!(c.max_ws_message_bytes(), 4000 + 1024);
+    }
+}

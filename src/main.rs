@@ -1,0 +1,127 @@
+//! The `gateway` binary: configuration, logging, limits, then the runtime.
+
+use anyhow::Context;
+use clap::Parser;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use uring_gateway::config::Config;
+use uring_gateway::runtime;
+
+/// Descriptors the process keeps for itself (rings, eventfds, listeners,
+/// logs) below the open-files limit when it computes its connection ceiling.
+const RESERVED_FDS: u64 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gateway",
+    version,
+    about = "IoT communication gateway: TCP and WebSocket clients routed by address"
+)]
+struct Cli {
+    /// TOML configuration file (see config/gateway.toml); every key optional.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// TCP listen address (repeatable); replaces [listen] tcp.
+    #[arg(long = "tcp")]
+    tcp: Vec<SocketAddr>,
+    /// WebSocket listen address (repeatable); replaces [listen] ws.
+    #[arg(long = "ws")]
+    ws: Vec<SocketAddr>,
+    /// Connection shards (0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Log filter (info, debug, ...); RUST_LOG wins when set.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Heartbeat timeout in milliseconds.
+    #[arg(long)]
+    heartbeat_timeout_ms: Option<u32>,
+    /// Handshake (HELLO) timeout in milliseconds.
+    #[arg(long)]
+    handshake_timeout_ms: Option<u32>,
+    /// Maximum payload in bytes.
+    #[arg(long)]
+    max_payload_bytes: Option<u32>,
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("gateway: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if !cli.tcp.is_empty() {
+        cfg.listen.tcp = cli.tcp.clone();
+    }
+    if !cli.ws.is_empty() {
+        cfg.listen.ws = cli.ws.clone();
+    }
+    if let Some(s) = cli.shards {
+        cfg.runtime.shards = s;
+    }
+    if let Some(l) = &cli.log_level {
+        cfg.log.level = l.clone();
+    }
+    if let Some(v) = cli.heartbeat_timeout_ms {
+        cfg.timeouts.heartbeat_timeout_ms = v;
+    }
+    if let Some(v) = cli.handshake_timeout_ms {
+        cfg.timeouts.handshake_timeout_ms = v;
+    }
+    if let Some(v) = cli.max_payload_bytes {
+        cfg.limits.max_payload_bytes = v;
+    }
+    cfg.validate()?;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
+        .context("invalid log filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    match runtime::raise_nofile_limit() {
+        Ok(limit) => {
+            let ceiling = limit.saturating_sub(RESERVED_FDS);
+            tracing::info!(
+                nofile = limit,
+                connection_ceiling = ceiling,
+                "open-files limit raised"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+
+    let shards = cfg.shard_count();
+    let gw = runtime::start(cfg)?;
+    let join = |a: &[SocketAddr]| {
+        a.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    tracing::info!(tcp = %join(&gw.tcp), ws = %join(&gw.ws), shards, "gateway listening");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "gateway ready tcp={} ws={} shards={}",
+            join(&gw.tcp),
+            join(&gw.ws),
+            gw.shards
+        )?;
+        out.flush()?;
+    }
+    gw.wait();
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! Per-connection state and the slab that holds a shard's connections.
+//!
+//! A connection costs this struct (its glommio stream included), one routing
+//! entry, one wheel entry and one small reader task. Buffers are empty while
+//! a connection is idle: reads land in the shard's shared buffer, and only a
+//! partial frame or unsent output is kept per connection.
+
+use crate::routing::ConnKey;
+use glommio::net::TcpStream;
+use std::os::fd::RawFd;
+use uuid::Uuid;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Accepted, no HELLO yet; `mark_ms` is when it was accepted.
+    Handshake,
+    /// Registered; `mark_ms` is when it last sent anything.
+    Open,
+    /// An ERROR that closes it is queued; input is ignored; once the output
+    /// is flushed the write side is shut. `mark_ms` is when closing began.
+    Closing,
+    /// Write side shut; input is read and discarded until the peer closes or
+    /// the linger time passes.
+    Draining,
+    /// The socket went to its owner shard; the reader stops and frees the slot.
+    HandedOver,
+}
+
+/// How bytes are framed on the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// Binary frames back to back.
+    Tcp,
+    /// WebSocket port before the HTTP upgrade completed.
+    WsUpgrade,
+    /// WebSocket messages, one frame each.
+    Ws,
+}
+
+/// The form of one gateway frame: binary, or JSON text (WebSocket only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    Binary,
+    Json,
+}
+
+/// A WebSocket message arriving in fragments.
+pub struct WsPartial {
+    pub text: bool,
+    pub data: Vec<u8>,
+}
+
+/// `S` is the socket; the gateway uses glommio's `TcpStream`, the memory
+/// simulation a stand-in of the same size.
+pub struct Conn<S = TcpStream> {
+    pub stream: S,
+    pub fd: RawFd,
+    pub state: State,
+    pub wire: Wire,
+    /// WebSocket: frames to this client are JSON text. Before HELLO it is the
+    /// form of the last message received (JSON until one arrives).
+    pub json: bool,
+    /// Queued in the shard's dirty list for the flusher.
+    pub dirty: bool,
+    /// The socket buffer was full; a writer task waits for room.
+    pub write_blocked: bool,
+    /// The registered address (nil before HELLO).
+    pub addr: Uuid,
+    /// Milliseconds (shard clock); meaning depends on `state`.
+    pub mark_ms: u64,
+    /// Tick of this connection's live wheel entry.
+    pub wheel_tick: u32,
+    /// Bytes waiting to be written, already framed for the wire.
+    pub out: Vec<u8>,
+    /// A partial frame (or HTTP request) carried over between reads.
+    pub inbuf: Vec<u8>,
+    /// Addresses this connection watches (bounded by the subscription limit).
+    pub watching: Vec<Uuid>,
+    pub ws_partial: Option<Box<WsPartial>>,
+}
+
+impl<S> Conn<S> {
+    pub fn new(stream: S, fd: RawFd, wire: Wire, now_ms: u64) -> Conn<S> {
+        Conn {
+            stream,
+            fd,
+            state: State::Handshake,
+            wire,
+            json: true,
+            dirty: false,
+            write_blocked: false,
+            addr: Uuid::nil(),
+            mark_ms: now_ms,
+            wheel_tick: 0,
+            out: Vec::new(),
+            inbuf: Vec::new(),
+            watching: Vec::new(),
+            ws_partial: None,
+        }
+    }
+
+    pub fn registered(&self) -> Option<Uuid> {
+        match self.state {
+            State::Open => Some(self.addr),
+            _ => None,
+        }
+    }
+
+    /// The form gateway frames to this connection take when they answer
+    /// nothing in particular (pushes, timeouts) or once it is registered.
+    pub fn form(&self) -> Form {
+        match (self.wire, self.json) {
+            (Wire::Ws, true) => Form::Json,
+            _ => Form::Binary,
+        }
+    }
+
+    pub fn accepts_input(&self) -> bool {
+        matches!(self.state, State::Handshake | State::Open)
+    }
+}
+
+/// A slab of connections addressed by [`ConnKey`]; a freed slot's generation
+/// moves on so stale keys miss.
+pub struct Slab<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+struct Slot<T> {
+    gen: u32,
+    conn: Option<T>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    pub fn insert(&mut self, conn: T) -> ConnKey {
+        self.len += 1;
+        if let Some(slot) = self.free.pop() {
+            let s = &mut self.slots[slot as usize];
+            s.conn = Some(conn);
+            return ConnKey { slot, gen: s.gen };
+        }
+        let slot = u32::try_from(self.slots.len()).expect("fewer than 2^32 connections");
+        self.slots.push(Slot {
+            gen: 0,
+            conn: Some(conn),
+        });
+        ConnKey { slot, gen: 0 }
+    }
+
+    pub fn get(&self, key: ConnKey) -> Option<&T> {
+        let s = self.slots.get(key.slot as usize)?;
+        if s.gen == key.gen {
+            s.conn.as_ref()
+        } else {
+            None
+        }
+    }
+
+    pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut T> {
+        let s = self.slots.get_mut(key.slot as usize)?;
+        if s.gen == key.gen {
+            s.conn.as_mut()
+        } else {
+            None
+        }
+    }
+
+    pub fn remove(&mut self, key: ConnKey) -> Option<T> {
+        let s = self.slots.get_mut(key.slot as usize)?;
+        if s.gen != key.gen {
+            return None;
+        }
+        let conn = s.conn.take()?;
+        s.gen = s.gen.wrapping_add(1);
+        self.free.push(key.slot);
+        self.len -= 1;
+        Some(conn)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keys of every live connection (for shutdown).
+    pub fn keys(&self) -> Vec<ConnKey> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.conn.is_some())
+            .map(|(i, s)| ConnKey {
+                slot: i as u32,
+                gen: s.gen,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_keys_miss_after_reuse() {
+        let mut s: Slab<u32> = Slab::default();
+        let a = s.insert(1);
+        let b = s.insert(2);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.remove(a), Some(1));
+        assert_eq!(s.get(a), None);
+        let c = s.insert(3);
+        assert_eq!(c.slot, a.slot);
+        assert_ne!(c.gen, a.gen);
+        assert_eq!(s.get(a), None);
+        assert_eq!(s.get(c), Some(&3));
+        assert_eq!(s.remove(a), None);
+        assert_eq!(s.keys(), vec![c, b]);
+        assert_eq!(s.len(), 2);
+    }
+}

@@ -1,0 +1,485 @@
+//! What a shard does with each frame, each cross-shard message and each
+//! service event. Transports decode bytes into frames and call `on_frame`.
+
+use super::conn::{Conn, Form, State, Wire};
+use super::msg::{Batch, Handover, Msg, ServiceEvent, ServiceReq};
+use super::state::{Class, Sent, ShardState};
+use crate::proto::{self, ErrorCode, Header, Kind};
+use crate::routing::{ConnKey, SubRef};
+use crate::service::now_us;
+use glommio::net::TcpStream;
+use std::os::fd::FromRawFd;
+use std::sync::atomic::Ordering;
+use uuid::Uuid;
+
+/// What the transport does after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on with the next frame.
+    Continue,
+    /// Stop reading this connection's input (it is closing).
+    Stop,
+    /// The connection said HELLO for an address another shard owns: hand the
+    /// socket over with every byte after this frame.
+    Handover { addr: Uuid, hello_id: u64 },
+}
+
+impl ShardState {
+    /// One complete frame from connection `key`. `form` is the form it came
+    /// in; `raw` is the whole binary frame when it arrived as one (so DATA is
+    /// forwarded without being rebuilt).
+    pub fn on_frame(
+        &mut self,
+        key: ConnKey,
+        form: Form,
+        header: &Header,
+        payload: &[u8],
+        raw: Option<&[u8]>,
+    ) -> Flow {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Flow::Stop;
+        };
+        let registered = conn.registered();
+        // Before HELLO an answer takes the form of the message it answers;
+        // after it, the form the HELLO chose.
+        let reply = if registered.is_some() {
+            conn.form()
+        } else {
+            form
+        };
+        if conn.wire == Wire::Ws && registered.is_none() {
+            conn.json = form == Form::Json;
+        }
+        let kind = match proto::validate(header, payload.len(), registered) {
+            Ok(kind) => kind,
+            Err(code) => {
+                self.send_error(key, reply, header.id, code, reject_message(code));
+                return if code.closes_connection() {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
+                };
+            }
+        };
+        match kind {
+            Kind::Hello => self.on_hello(key, reply, header, registered),
+            Kind::Heartbeat => {
+                let id = header.id;
+                self.send_built(key, reply, |b, dst| proto::encode_heartbeat(b, dst, id));
+                Flow::Continue
+            }
+            Kind::Data => {
+                self.stats.data_in += 1;
+                match raw {
+                    Some(frame) => self.route_data(key, reply, header, frame),
+                    None => {
+                        // Arrived as JSON: build the binary frame once, in a
+                        // reused buffer.
+                        let mut buf = std::mem::take(&mut self.data_scratch);
+                        buf.clear();
+                        proto::encode_frame(
+                            &mut buf,
+                            Kind::Data,
+                            header.src,
+                            header.dst,
+                            header.id,
+                            payload,
+                        );
+                        self.route_data(key, reply, header, &buf);
+                        self.data_scratch = buf;
+                    }
+                }
+                Flow::Continue
+            }
+            Kind::TimeReq => {
+                self.on_time_req(key, reply, header.id, proto::read_u64(payload));
+                Flow::Continue
+            }
+            Kind::Subscribe => {
+                self.on_subscribe(key, reply, header.id, proto::read_address(payload));
+                Flow::Continue
+            }
+            Kind::Unsubscribe => {
+                let watched = proto::read_address(payload);
+                if let Some(conn) = self.conns.get_mut(key) {
+                    if let Some(i) = conn.watching.iter().position(|w| *w == watched) {
+                        conn.watching.swap_remove(i);
+                        self.unsubscribe(key, watched);
+                    }
+                }
+                Flow::Continue
+            }
+            Kind::StatePut | Kind::StateGet => {
+                self.send_error(
+                    key,
+                    reply,
+                    header.id,
+                    ErrorCode::StoreUnavailable,
+                    "this gateway runs without a state store",
+                );
+                Flow::Continue
+            }
+            // `validate` lets only client kinds through.
+            _ => unreachable!("validate returned a gateway-only kind"),
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        key: ConnKey,
+        reply: Form,
+        header: &Header,
+        registered: Option<Uuid>,
+    ) -> Flow {
+        if let Some(addr) = registered {
+            // A repeated HELLO from the same address is answered again and
+            // changes nothing (validate already refused a different src).
+            let (id, hb, max) = (
+                header.id,
+                self.cfg.timeouts.heartbeat_timeout_ms,
+                self.cfg.limits.max_payload_bytes,
+            );
+            debug_assert_eq!(addr, header.src);
+            self.send_built(key, reply, |b, dst| {
+                proto::encode_welcome(b, dst, id, now_us(), hb, max)
+            });
+            return Flow::Continue;
+        }
+        if header.src.is_nil() {
+            self.send_error(
+                key,
+                reply,
+                header.id,
+                ErrorCode::AuthFailed,
+                "the nil address belongs to the gateway",
+            );
+            return Flow::Stop;
+        }
+        if self.shutting_down {
+            self.send_error(
+                key,
+                reply,
+                header.id,
+                ErrorCode::ShuttingDown,
+                "gateway shutting down",
+            );
+            return Flow::Stop;
+        }
+        if self.owner(&header.src) == self.id {
+            self.register(key, header.src, header.id, reply);
+            Flow::Continue
+        } else {
+            Flow::Handover {
+                addr: header.src,
+                hello_id: header.id,
+            }
+        }
+    }
+
+    fn route_data(&mut self, key: ConnKey, reply: Form, header: &Header, frame: &[u8]) {
+        let owner = self.owner(&header.dst);
+        if owner == self.id {
+            self.deliver_data(self.id, key, header.dst, header.id, frame);
+        } else if self.outbox_push_data(owner, key, frame) {
+            self.stats.data_cross_shard += 1;
+        } else {
+            self.stats.slow_consumer += 1;
+            self.send_error(
+                key,
+                reply,
+                header.id,
+                ErrorCode::SlowConsumer,
+                "queue to the destination's shard is full",
+            );
+        }
+    }
+
+    /// Delivers a DATA frame to `dst`, which this shard owns, or answers its
+    /// sender (on `origin_shard`) with the reason it could not.
+    fn deliver_data(
+        &mut self,
+        origin_shard: usize,
+        origin: ConnKey,
+        dst: Uuid,
+        id: u64,
+        frame: &[u8],
+    ) {
+        let code = match self.table.get(&dst) {
+            None => Some(ErrorCode::DstOffline),
+            Some(route) => {
+                let to = route.conn;
+                let form = self.conns.get(to).map(Conn::form).unwrap_or(Form::Binary);
+                match self.send_frame(to, form, frame, Class::Data) {
+                    Sent::Queued => None,
+                    Sent::Full => Some(ErrorCode::SlowConsumer),
+                    Sent::Gone => Some(ErrorCode::DstOffline),
+                }
+            }
+        };
+        let Some(code) = code else {
+            return;
+        };
+        match code {
+            ErrorCode::SlowConsumer => self.stats.slow_consumer += 1,
+            _ => self.stats.dst_offline += 1,
+        }
+        if origin_shard == self.id {
+            self.error_to(origin, id, code);
+        } else {
+            self.outbox_push(
+                origin_shard,
+                Msg::Error {
+                    to: origin,
+                    id,
+                    code,
+                },
+            );
+        }
+    }
+
+    /// An ERROR for a local connection, in its own form.
+    fn error_to(&mut self, to: ConnKey, id: u64, code: ErrorCode) {
+        let Some(conn) = self.conns.get(to) else {
+            return;
+        };
+        let form = conn.form();
+        self.send_error(to, form, id, code, reject_message(code));
+    }
+
+    fn on_time_req(&mut self, key: ConnKey, reply: Form, id: u64, t0: u64) {
+        let req = ServiceReq::Time {
+            shard: self.id as u16,
+            conn: key,
+            id,
+            t0,
+        };
+        if self.service.try_send(req).is_err() {
+            // The service shard is saturated (or gone at shutdown): answer
+            // here rather than drop the request.
+            self.stats.time_local_fallback += 1;
+            let t1 = now_us();
+            self.send_built(key, reply, |b, dst| {
+                proto::encode_time_resp(b, dst, id, t0, t1, now_us())
+            });
+        }
+    }
+
+    fn on_subscribe(&mut self, key: ConnKey, reply: Form, id: u64, watched: Uuid) {
+        let max = self.cfg.limits.max_subscriptions_per_connection;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.watching.contains(&watched) {
+            if conn.watching.len() >= max {
+                self.send_error(
+                    key,
+                    reply,
+                    id,
+                    ErrorCode::Forbidden,
+                    "subscription limit reached",
+                );
+                return;
+            }
+            conn.watching.push(watched);
+        }
+        let owner = self.owner(&watched);
+        if owner == self.id {
+            let sub = SubRef {
+                shard: self.id as u16,
+                conn: key,
+            };
+            self.subscribe_here(watched, sub, id);
+        } else {
+            self.outbox_push(
+                owner,
+                Msg::Subscribe {
+                    watched,
+                    sub: key,
+                    id,
+                },
+            );
+        }
+    }
+
+    /// Moves connection `key` to the owner shard of `addr`: the socket (a
+    /// dup; this shard's stream is dropped), the bytes after the HELLO and
+    /// any output not yet sent.
+    pub fn hand_over(&mut self, key: ConnKey, addr: Uuid, hello_id: u64, leftover: &[u8]) {
+        let owner = self.owner(&addr);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        // SAFETY: dup of a descriptor this connection owns.
+        let fd = unsafe { libc::dup(conn.fd) };
+        if fd < 0 {
+            tracing::warn!(shard = self.id, error = %std::io::Error::last_os_error(), "dup failed; closing connection");
+            self.force_close(key);
+            return;
+        }
+        let handover = Handover {
+            fd,
+            addr,
+            hello_id,
+            websocket: conn.wire == Wire::Ws,
+            json: conn.json,
+            leftover: leftover.to_vec(),
+            out: std::mem::take(&mut conn.out),
+        };
+        conn.state = State::HandedOver;
+        conn.inbuf = Vec::new();
+        self.stats.handovers_out += 1;
+        self.outbox_push(owner, Msg::Handover(Box::new(handover)));
+    }
+
+    /// A socket handed over by another shard: register it here and go on
+    /// with the bytes that came after its HELLO.
+    fn adopt_handover(&mut self, mut h: Box<Handover>) {
+        self.tick_clock();
+        let fd = h.take_fd();
+        // SAFETY: `fd` is the dup the sending shard made for us; we own it now.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        let wire = if h.websocket { Wire::Ws } else { Wire::Tcp };
+        let mut conn = Conn::new(stream, fd, wire, self.now_ms);
+        conn.json = h.json;
+        conn.out = std::mem::take(&mut h.out);
+        let key = self.conns.insert(conn);
+        self.stats.handovers_in += 1;
+        self.spawn_readers.push(key);
+        let form = if h.websocket && h.json {
+            Form::Json
+        } else {
+            Form::Binary
+        };
+        if self.shutting_down {
+            self.send_error(
+                key,
+                form,
+                h.hello_id,
+                ErrorCode::ShuttingDown,
+                "gateway shutting down",
+            );
+            return;
+        }
+        if self.conns.len() > self.cfg.limits.max_connections_per_shard {
+            self.stats.refused_full += 1;
+            self.send_error(
+                key,
+                form,
+                h.hello_id,
+                ErrorCode::AuthFailed,
+                "connection limit reached",
+            );
+            return;
+        }
+        self.register(key, h.addr, h.hello_id, form);
+        let mut leftover = std::mem::take(&mut h.leftover);
+        if !leftover.is_empty() {
+            self.on_input(key, &mut leftover);
+        }
+    }
+
+    /// A batch from shard `from`, handled in order.
+    pub fn on_batch(&mut self, from: usize, mut batch: Batch) {
+        self.tick_clock();
+        let bytes = std::mem::take(&mut batch.bytes);
+        for msg in batch.msgs.drain(..) {
+            match msg {
+                Msg::Data { origin, start, len } => {
+                    let frame = &bytes[start as usize..(start + len) as usize];
+                    let header = Header::parse(frame).expect("DATA frames carry a header");
+                    self.deliver_data(from, origin, header.dst, header.id, frame);
+                }
+                Msg::Error { to, id, code } => self.error_to(to, id, code),
+                Msg::Presence {
+                    to,
+                    id,
+                    address,
+                    online,
+                    at_us,
+                } => self.send_presence(to, id, address, online, at_us),
+                Msg::Subscribe { watched, sub, id } => {
+                    let sub = SubRef {
+                        shard: from as u16,
+                        conn: sub,
+                    };
+                    self.subscribe_here(watched, sub, id);
+                }
+                Msg::Unsubscribe { watched, sub } => {
+                    self.subs.remove(
+                        &watched,
+                        SubRef {
+                            shard: from as u16,
+                            conn: sub,
+                        },
+                    );
+                }
+                Msg::Handover(h) => self.adopt_handover(h),
+            }
+        }
+        self.inbound[from].fetch_sub(bytes.len(), Ordering::Relaxed);
+    }
+
+    pub fn on_service(&mut self, ev: ServiceEvent) {
+        match ev {
+            ServiceEvent::TimeResp {
+                conn,
+                id,
+                t0,
+                t1,
+                t2,
+            } => {
+                let Some(c) = self.conns.get(conn) else {
+                    return;
+                };
+                if c.state != State::Open {
+                    return;
+                }
+                let form = c.form();
+                self.send_built(conn, form, |b, dst| {
+                    proto::encode_time_resp(b, dst, id, t0, t1, t2)
+                });
+            }
+            ServiceEvent::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Bytes that arrived on `key` (read into the shard buffer or carried by
+    /// a handover), dispatched by the connection's wire.
+    pub fn on_input(&mut self, key: ConnKey, data: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.state == State::Open {
+            // Any input counts as liveness.
+            conn.mark_ms = self.now_ms;
+        }
+        if !conn.accepts_input() {
+            // Closing or draining: input is read and dropped.
+            return;
+        }
+        match conn.wire {
+            Wire::Tcp => self.on_tcp_input(key, data),
+            Wire::WsUpgrade | Wire::Ws => self.on_ws_input(key, data),
+        }
+    }
+}
+
+/// The message text of an ERROR answering a frame.
+pub fn reject_message(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadFrame => "malformed frame",
+        ErrorCode::NotRegistered => "send HELLO first",
+        ErrorCode::AuthFailed => "HELLO refused",
+        ErrorCode::DstOffline => "destination not connected",
+        ErrorCode::SrcMismatch => "src is not the registered address",
+        ErrorCode::TooLarge => "payload larger than the maximum",
+        ErrorCode::SlowConsumer => "destination cannot keep up; frame dropped",
+        ErrorCode::UnknownKind => "kind not accepted from clients",
+        ErrorCode::TakenOver => "address taken over by a newer connection",
+        ErrorCode::NotFound => "no state stored for that address",
+        ErrorCode::Forbidden => "not allowed",
+        ErrorCode::StoreUnavailable => "state store unavailable",
+        ErrorCode::ShuttingDown => "gateway shutting down",
+        ErrorCode::Timeout => "timed out",
+    }
+}

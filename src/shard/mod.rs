@@ -1,0 +1,396 @@
+//! Connection shards: one glommio executor per core, each owning a slice of
+//! the connections and the routing table of the addresses it owns.
+//!
+//! Tasks of a shard (all on its one thread, none holding the state across an
+//! await): an accept loop per listener, a reader per connection, one flusher
+//! that writes every dirty connection once per loop tick, a writer only for
+//! a connection whose socket buffer is full, one sender and one receiver per
+//! other shard, the service receiver, and the ticker that sweeps timeouts.
+
+pub mod conn;
+pub mod handle;
+pub mod msg;
+pub mod state;
+pub mod wheel;
+
+use crate::config::Config;
+use crate::routing::ConnKey;
+use conn::{Conn, State, Wire};
+use futures_lite::future::{poll_fn, yield_now};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::channels::shared_channel::{
+    ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::Task;
+use msg::{Batch, ServiceEvent, ServiceReq};
+use state::{Outbox, ShardState};
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Pause after an accept error (e.g. out of descriptors) so a full process
+/// does not spin on its listeners.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Everything a shard needs, built on the main thread and moved to the
+/// shard's thread.
+pub struct ShardSetup {
+    pub id: usize,
+    pub nshards: usize,
+    pub cfg: Arc<Config>,
+    pub tcp: Vec<SocketAddr>,
+    pub ws: Vec<SocketAddr>,
+    /// Senders to every other shard (None at this shard's own index).
+    pub to: Vec<Option<SharedSender<Batch>>>,
+    /// Receivers from every other shard (None at this shard's own index).
+    pub from: Vec<Option<SharedReceiver<Batch>>>,
+    /// DATA bytes in flight on channel (this -> j) and (j -> this).
+    pub out_bytes: Vec<Arc<AtomicUsize>>,
+    pub in_bytes: Vec<Arc<AtomicUsize>>,
+    pub service: mpsc::Sender<ServiceReq>,
+    pub events: mpsc::Receiver<Vec<ServiceEvent>>,
+    /// Told once the listeners are bound (or why they are not).
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+pub struct Shard {
+    pub st: RefCell<ShardState>,
+    accepts: RefCell<Vec<Task<()>>>,
+}
+
+impl Shard {
+    /// Spawns the tasks the last state change asked for. Called after every
+    /// state borrow ends, never inside one: a spawned task may run at once.
+    fn spawn_pending(self: &Rc<Self>) {
+        loop {
+            let (readers, writers) = {
+                let mut st = self.st.borrow_mut();
+                if st.spawn_readers.is_empty() && st.spawn_writers.is_empty() {
+                    return;
+                }
+                (
+                    std::mem::take(&mut st.spawn_readers),
+                    std::mem::take(&mut st.spawn_writers),
+                )
+            };
+            for key in readers {
+                glommio::spawn_local(reader(self.clone(), key)).detach();
+            }
+            for key in writers {
+                glommio::spawn_local(writer(self.clone(), key)).detach();
+            }
+        }
+    }
+}
+
+/// The shard's main future: binds, connects the channels, runs until a
+/// shutdown has closed every connection (or its deadline passed).
+pub async fn run(setup: ShardSetup) {
+    let ShardSetup {
+        id,
+        nshards,
+        cfg,
+        tcp,
+        ws,
+        to,
+        from,
+        out_bytes,
+        in_bytes,
+        service,
+        events,
+        ready,
+    } = setup;
+
+    let mut listeners = Vec::new();
+    let bound: Result<(), String> = (|| {
+        for (addrs, wire) in [(&tcp, Wire::Tcp), (&ws, Wire::WsUpgrade)] {
+            for addr in addrs {
+                let s = crate::transport::listen::listen(*addr, cfg.listen.backlog)
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                // SAFETY: a listening socket we own, handed to glommio.
+                let l = unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) };
+                listeners.push((l, wire));
+            }
+        }
+        Ok(())
+    })();
+    let failed = bound.is_err();
+    let _ = ready.send(bound);
+    if failed {
+        return;
+    }
+
+    // Both ends of every channel must connect; do them all at once.
+    let mut connects: Vec<Task<Option<(usize, ConnectedSender<Batch>)>>> = Vec::new();
+    for (j, s) in to.into_iter().enumerate() {
+        if let Some(s) = s {
+            connects.push(glommio::spawn_local(
+                async move { Some((j, s.connect().await)) },
+            ));
+        }
+    }
+    let mut receivers: Vec<Task<(usize, ConnectedReceiver<Batch>)>> = Vec::new();
+    for (j, r) in from.into_iter().enumerate() {
+        if let Some(r) = r {
+            receivers.push(glommio::spawn_local(async move { (j, r.connect().await) }));
+        }
+    }
+    let mut senders = Vec::new();
+    for c in connects {
+        if let Some(s) = c.await {
+            senders.push(s);
+        }
+    }
+    let mut inboxes = Vec::new();
+    for r in receivers {
+        inboxes.push(r.await);
+    }
+
+    let outboxes = out_bytes
+        .into_iter()
+        .map(|in_flight| Outbox {
+            pending: Batch::default(),
+            in_flight,
+            waker: None,
+        })
+        .collect();
+    let state = ShardState::new(id, nshards, cfg.clone(), outboxes, in_bytes, service);
+    let shard = Rc::new(Shard {
+        st: RefCell::new(state),
+        accepts: RefCell::new(Vec::new()),
+    });
+
+    for (j, tx) in senders {
+        glommio::spawn_local(outbox_sender(shard.clone(), j, tx)).detach();
+    }
+    for (j, rx) in inboxes {
+        glommio::spawn_local(inbox(shard.clone(), j, rx)).detach();
+    }
+    glommio::spawn_local(service_events(shard.clone(), events)).detach();
+    glommio::spawn_local(flusher(shard.clone())).detach();
+    for (listener, wire) in listeners {
+        let task = glommio::spawn_local(accept_loop(shard.clone(), listener, wire));
+        shard.accepts.borrow_mut().push(task);
+    }
+
+    ticker(shard.clone()).await;
+    let st = shard.st.borrow();
+    tracing::info!(shard = id, open = st.conns.len(), stats = ?st.stats, "shard stopped");
+}
+
+/// Sweeps timeouts every tick; after a shutdown began, ends once every
+/// connection is gone or the deadline passed.
+async fn ticker(shard: Rc<Shard>) {
+    let tick = Duration::from_millis(shard.st.borrow().cfg.timeouts.timer_tick_ms as u64);
+    loop {
+        glommio::timer::sleep(tick).await;
+        let done = {
+            let mut st = shard.st.borrow_mut();
+            st.sweep();
+            st.shutting_down && (st.conns.is_empty() || st.now_ms >= st.shutdown_deadline_ms)
+        };
+        shard.spawn_pending();
+        if shard.st.borrow().shutting_down {
+            // Stop accepting: dropping an accept task cancels it and closes
+            // its listener.
+            shard.accepts.borrow_mut().clear();
+        }
+        if done {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, wire: Wire) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                adopt(&shard, stream, wire);
+                shard.spawn_pending();
+            }
+            Err(e) => {
+                tracing::warn!(shard = shard.st.borrow().id, error = %e, "accept failed");
+                glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+fn adopt(shard: &Rc<Shard>, stream: TcpStream, wire: Wire) {
+    let mut st = shard.st.borrow_mut();
+    if st.shutting_down {
+        return;
+    }
+    if st.conns.len() >= st.cfg.limits.max_connections_per_shard {
+        st.stats.refused_full += 1;
+        if st.stats.refused_full.is_power_of_two() {
+            tracing::warn!(
+                shard = st.id,
+                refused = st.stats.refused_full,
+                "connection limit reached; closing new connections"
+            );
+        }
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    st.tick_clock();
+    let fd = stream.as_raw_fd();
+    let now = st.now_ms;
+    let key = st.conns.insert(Conn::new(stream, fd, wire, now));
+    let deadline = now + st.cfg.timeouts.handshake_timeout_ms as u64;
+    let tick = st.wheel.insert(key, deadline);
+    if let Some(c) = st.conns.get_mut(key) {
+        c.wheel_tick = tick;
+    }
+    st.stats.accepted += 1;
+    st.spawn_readers.push(key);
+}
+
+/// Reads a connection into the shard's buffer and handles what arrived.
+/// Ends (freeing the connection) at end of input, on an error, or once the
+/// connection was handed to another shard.
+async fn reader(shard: Rc<Shard>, key: ConnKey) {
+    loop {
+        let res = poll_fn(|cx| {
+            let mut st = shard.st.borrow_mut();
+            let st = &mut *st;
+            let Some(conn) = st.conns.get_mut(key) else {
+                return Poll::Ready(None);
+            };
+            if conn.state == State::HandedOver {
+                return Poll::Ready(None);
+            }
+            Pin::new(&mut conn.stream)
+                .poll_read(cx, &mut st.rbuf)
+                .map(Some)
+        })
+        .await;
+        let full = {
+            let mut st = shard.st.borrow_mut();
+            match res {
+                Some(Ok(n)) if n > 0 => {
+                    st.tick_clock();
+                    let mut buf = std::mem::take(&mut st.rbuf);
+                    st.on_input(key, &mut buf[..n]);
+                    let full = n == buf.len();
+                    st.rbuf = buf;
+                    full
+                }
+                _ => {
+                    st.finish(key);
+                    drop(st);
+                    shard.spawn_pending();
+                    return;
+                }
+            }
+        };
+        shard.spawn_pending();
+        if full {
+            glommio::yield_if_needed().await;
+        }
+    }
+}
+
+/// Waits for room in a full socket buffer and writes the rest of the queue.
+async fn writer(shard: Rc<Shard>, key: ConnKey) {
+    loop {
+        let res = poll_fn(|cx| {
+            let mut st = shard.st.borrow_mut();
+            let Some(conn) = st.conns.get_mut(key) else {
+                return Poll::Ready(None);
+            };
+            if conn.out.is_empty() || conn.state == State::HandedOver {
+                return Poll::Ready(Some(Ok(0)));
+            }
+            let Conn { stream, out, .. } = conn;
+            Pin::new(stream).poll_write(cx, out).map(Some)
+        })
+        .await;
+        let mut st = shard.st.borrow_mut();
+        match res {
+            None => return,
+            Some(Ok(n)) => {
+                if st.wrote(key, n) {
+                    return;
+                }
+            }
+            Some(Err(_)) => {
+                st.force_close(key);
+                return;
+            }
+        }
+    }
+}
+
+/// Writes every dirty connection once per loop tick: it wakes when the
+/// first connection turns dirty, then lets every other ready task of this
+/// tick run (and queue more) before it sends.
+async fn flusher(shard: Rc<Shard>) {
+    loop {
+        poll_fn(|cx| {
+            let mut st = shard.st.borrow_mut();
+            if st.dirty.is_empty() {
+                st.flusher = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        yield_now().await;
+        shard.st.borrow_mut().flush_dirty();
+        shard.spawn_pending();
+    }
+}
+
+/// Sends what waits for shard `j`, one batch per loop tick. When the channel
+/// is full it waits here; the shard goes on, and DATA for `j` beyond the
+/// byte bound is refused with `slow_consumer`.
+async fn outbox_sender(shard: Rc<Shard>, j: usize, tx: ConnectedSender<Batch>) {
+    loop {
+        poll_fn(|cx| {
+            let mut st = shard.st.borrow_mut();
+            let ob = &mut st.outboxes[j];
+            if ob.pending.is_empty() {
+                ob.waker = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        yield_now().await;
+        let batch = shard.st.borrow_mut().take_outbox(j);
+        if tx.send(batch).await.is_err() {
+            // The peer shard stopped (shutdown); what it was sent is moot.
+            return;
+        }
+    }
+}
+
+async fn inbox(shard: Rc<Shard>, from: usize, rx: ConnectedReceiver<Batch>) {
+    while let Some(batch) = rx.recv().await {
+        shard.st.borrow_mut().on_batch(from, batch);
+        shard.spawn_pending();
+    }
+}
+
+async fn service_events(shard: Rc<Shard>, mut rx: mpsc::Receiver<Vec<ServiceEvent>>) {
+    while let Some(events) = rx.recv().await {
+        {
+            let mut st = shard.st.borrow_mut();
+            for ev in events {
+                st.on_service(ev);
+            }
+        }
+        shard.spawn_pending();
+    }
+}

@@ -1,0 +1,120 @@
+//! Messages between threads: one enum per direction, as the data flows.
+
+use crate::proto::ErrorCode;
+use crate::routing::ConnKey;
+use std::os::fd::RawFd;
+use uuid::Uuid;
+
+/// What one shard sends another in one wakeup: messages in order, with the
+/// bytes of every DATA frame packed into one buffer.
+#[derive(Default)]
+pub struct Batch {
+    pub msgs: Vec<Msg>,
+    pub bytes: Vec<u8>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+}
+
+/// A message from shard A to shard B. `ConnKey`s name connections on the
+/// shard they live on, which the message names implicitly: `origin` and
+/// `sub` live on A, `to` lives on B.
+pub enum Msg {
+    /// A DATA frame (`bytes[start..start + len]`, exactly as the sender sent
+    /// it) for an address B owns.
+    Data {
+        origin: ConnKey,
+        start: u32,
+        len: u32,
+    },
+    /// An ERROR answering frame `id` of connection `to` (e.g. `dst_offline`).
+    Error {
+        to: ConnKey,
+        id: u64,
+        code: ErrorCode,
+    },
+    /// PRESENCE for subscriber `to`; `id` is the SUBSCRIBE's id for the first
+    /// answer and 0 for changes.
+    Presence {
+        to: ConnKey,
+        id: u64,
+        address: Uuid,
+        online: bool,
+        at_us: u64,
+    },
+    /// Connection `sub` on A watches `watched`, which B owns; B answers with
+    /// a `Presence` echoing `id`.
+    Subscribe {
+        watched: Uuid,
+        sub: ConnKey,
+        id: u64,
+    },
+    /// Connection `sub` on A stops watching `watched`.
+    Unsubscribe { watched: Uuid, sub: ConnKey },
+    /// A connection that said HELLO on A for an address B owns.
+    Handover(Box<Handover>),
+}
+
+/// A socket moving to its owner shard, with everything read or queued for
+/// it that the new shard must not lose.
+pub struct Handover {
+    /// A `dup` of the socket; owned by this value until taken.
+    pub fd: RawFd,
+    pub addr: Uuid,
+    /// The HELLO's id, echoed in WELCOME.
+    pub hello_id: u64,
+    pub websocket: bool,
+    /// WebSocket: the HELLO came as JSON text.
+    pub json: bool,
+    /// Bytes read after the HELLO, not yet processed, in wire framing.
+    pub leftover: Vec<u8>,
+    /// Output queued before the HELLO (answers to earlier frames).
+    pub out: Vec<u8>,
+}
+
+impl Handover {
+    /// Takes the descriptor out; dropping the value afterwards closes nothing.
+    pub fn take_fd(&mut self) -> RawFd {
+        std::mem::replace(&mut self.fd, -1)
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        // A handover that never arrived (its shard is gone at shutdown) must
+        // not leak the socket.
+        if self.fd >= 0 {
+            // SAFETY: `fd` is a descriptor this value owns (a dup nobody
+            // else closes).
+            unsafe { libc::close(self.fd) };
+        }
+    }
+}
+
+/// A request from a connection shard to the service shard.
+#[derive(Debug)]
+pub enum ServiceReq {
+    Time {
+        shard: u16,
+        conn: ConnKey,
+        id: u64,
+        t0: u64,
+    },
+}
+
+/// What the service shard sends a connection shard.
+#[derive(Debug)]
+pub enum ServiceEvent {
+    TimeResp {
+        conn: ConnKey,
+        id: u64,
+        t0: u64,
+        t1: u64,
+        t2: u64,
+    },
+    /// SIGTERM or SIGINT: stop accepting, tell every client, close, exit.
+    Shutdown,
+}

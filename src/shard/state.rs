@@ -1,0 +1,704 @@
+//! One shard's state and the operations every transport shares: queueing
+//! output, closing, registering, presence, cross-shard outboxes, flushing and
+//! the timeout sweep. Everything here is synchronous; the tasks in
+//! `shard::tasks` drive it and never hold it across an await.
+
+use super::conn::{Conn, Form, Slab, State, Wire};
+use super::msg::{Batch, Msg, ServiceReq};
+use super::wheel::{Entry, Wheel};
+use crate::config::Config;
+use crate::proto::{self, ErrorCode, Header};
+use crate::routing::{owner_shard, ConnKey, PresenceMemory, SubRef, Subscriptions};
+use crate::service::now_us;
+use crate::transport::ws;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// An output buffer larger than this is released once it has been sent, so
+/// an idle connection keeps no large buffer after a burst.
+const OUT_KEEP_BYTES: usize = 4096;
+
+/// Frames the gateway itself generates (errors, presence, replies) may use
+/// this multiple of the outbound limit; DATA may use 1x. A connection whose
+/// queue passes even that cannot be told anything and is closed.
+const CONTROL_ALLOWANCE: usize = 2;
+
+/// Whether a frame was queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The destination's outbound queue is over its limit.
+    Full,
+    /// No such connection, or it is closing.
+    Gone,
+}
+
+/// Which bound applies to a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Data,
+    Control,
+}
+
+/// Where an address is connected on its owner shard.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub conn: ConnKey,
+    /// When the address came online (kept across takeovers).
+    pub since_us: u64,
+}
+
+/// Frames to one other shard that wait for the next send.
+pub struct Outbox {
+    pub pending: Batch,
+    /// DATA bytes queued for or in flight to that shard, shared with the
+    /// receiving shard, which subtracts what it has handled.
+    pub in_flight: Arc<AtomicUsize>,
+    pub waker: Option<Waker>,
+}
+
+/// Counters a shard keeps about itself; logged at shutdown.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub accepted: u64,
+    pub refused_full: u64,
+    pub handovers_out: u64,
+    pub handovers_in: u64,
+    pub data_in: u64,
+    pub data_cross_shard: u64,
+    pub dst_offline: u64,
+    pub slow_consumer: u64,
+    pub closed_unreachable: u64,
+    pub timeouts: u64,
+    pub errors_sent: u64,
+    pub time_local_fallback: u64,
+}
+
+pub struct ShardState {
+    pub id: usize,
+    pub nshards: usize,
+    pub cfg: Arc<Config>,
+    pub conns: Slab<Conn>,
+    pub table: HashMap<Uuid, Route>,
+    pub subs: Subscriptions,
+    pub presence: PresenceMemory,
+    pub outboxes: Vec<Outbox>,
+    /// DATA counters of the channels into this shard, by source shard.
+    pub inbound: Vec<Arc<AtomicUsize>>,
+    pub dirty: Vec<ConnKey>,
+    pub flusher: Option<Waker>,
+    /// Connections that need a reader task (accepted or handed over).
+    pub spawn_readers: Vec<ConnKey>,
+    /// Connections whose socket buffer is full and need a writer task.
+    pub spawn_writers: Vec<ConnKey>,
+    pub wheel: Wheel,
+    due: Vec<Entry>,
+    epoch: Instant,
+    /// Shard clock in milliseconds, refreshed on every wakeup that reads it.
+    pub now_ms: u64,
+    /// The read buffer every connection of this shard reads into.
+    pub rbuf: Vec<u8>,
+    /// Reused buffers for frames the gateway builds.
+    scratch: Vec<u8>,
+    json_scratch: Vec<u8>,
+    pub payload_scratch: Vec<u8>,
+    pub data_scratch: Vec<u8>,
+    pub service: mpsc::Sender<ServiceReq>,
+    pub shutting_down: bool,
+    pub shutdown_deadline_ms: u64,
+    pub stats: Stats,
+}
+
+impl ShardState {
+    pub fn new(
+        id: usize,
+        nshards: usize,
+        cfg: Arc<Config>,
+        outboxes: Vec<Outbox>,
+        inbound: Vec<Arc<AtomicUsize>>,
+        service: mpsc::Sender<ServiceReq>,
+    ) -> Self {
+        let t = &cfg.timeouts;
+        let longest = t
+            .heartbeat_timeout_ms
+            .max(t.handshake_timeout_ms)
+            .max(t.close_linger_ms) as u64;
+        let tick = t.timer_tick_ms as u64;
+        ShardState {
+            id,
+            nshards,
+            conns: Slab::default(),
+            table: HashMap::new(),
+            subs: Subscriptions::default(),
+            presence: PresenceMemory::new(cfg.limits.presence_memory_entries),
+            outboxes,
+            inbound,
+            dirty: Vec::new(),
+            flusher: None,
+            spawn_readers: Vec::new(),
+            spawn_writers: Vec::new(),
+            wheel: Wheel::new(tick, Wheel::slots_for(longest, tick), 0),
+            due: Vec::new(),
+            epoch: Instant::now(),
+            now_ms: 0,
+            rbuf: vec![0; cfg.runtime.read_buffer_bytes],
+            scratch: Vec::with_capacity(256),
+            json_scratch: Vec::with_capacity(256),
+            payload_scratch: Vec::new(),
+            data_scratch: Vec::new(),
+            service,
+            shutting_down: false,
+            shutdown_deadline_ms: 0,
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    pub fn tick_clock(&mut self) {
+        self.now_ms = self.epoch.elapsed().as_millis() as u64;
+    }
+
+    pub fn owner(&self, addr: &Uuid) -> usize {
+        owner_shard(addr, self.nshards)
+    }
+
+    // ----- output -------------------------------------------------------
+
+    /// Queues a binary frame (header + payload) for `key`, framed for its
+    /// wire and converted to JSON when `form` says so.
+    pub fn send_frame(&mut self, key: ConnKey, form: Form, frame: &[u8], class: Class) -> Sent {
+        let limit = self.cfg.limits.outbound_queue_bytes;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Sent::Gone;
+        };
+        if !conn.accepts_input() {
+            return Sent::Gone;
+        }
+        let cap = match class {
+            Class::Data => limit,
+            Class::Control => limit * CONTROL_ALLOWANCE,
+        };
+        if conn.out.len() + frame.len() > cap {
+            if class == Class::Control {
+                // It cannot even be told; cut it off rather than queue without
+                // bound.
+                self.stats.closed_unreachable += 1;
+                tracing::debug!(shard = self.id, addr = %conn.addr, "outbound queue over limit; closing");
+                self.force_close(key);
+            }
+            return Sent::Full;
+        }
+        match (conn.wire, form) {
+            (Wire::Ws, Form::Binary) => {
+                ws::put_header(&mut conn.out, false, frame.len());
+                conn.out.extend_from_slice(frame);
+            }
+            (Wire::Ws, Form::Json) => {
+                let header = Header::parse(frame).expect("gateway frames have a header");
+                self.json_scratch.clear();
+                proto::encode_json(&header, &frame[proto::HEADER_LEN..], &mut self.json_scratch);
+                ws::put_header(&mut conn.out, true, self.json_scratch.len());
+                conn.out.extend_from_slice(&self.json_scratch);
+            }
+            _ => conn.out.extend_from_slice(frame),
+        }
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+            if let Some(w) = self.flusher.take() {
+                w.wake();
+            }
+        }
+        Sent::Queued
+    }
+
+    /// Queues bytes already framed for the wire (HTTP responses, WebSocket
+    /// control frames).
+    pub fn send_raw(&mut self, key: ConnKey, bytes: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.out.extend_from_slice(bytes);
+        }
+        self.mark_dirty(key);
+    }
+
+    fn mark_dirty(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+                if let Some(w) = self.flusher.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// The registered address of `key`, or nil.
+    fn dst_of(&self, key: ConnKey) -> Uuid {
+        self.conns.get(key).map(|c| c.addr).unwrap_or(Uuid::nil())
+    }
+
+    /// Sends ERROR `code` answering frame `id` (0 when unsolicited), and
+    /// closes the connection when the code says so.
+    pub fn send_error(
+        &mut self,
+        key: ConnKey,
+        form: Form,
+        id: u64,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        let dst = self.dst_of(key);
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        proto::encode_error(&mut buf, dst, id, code, message);
+        self.stats.errors_sent += 1;
+        self.send_frame(key, form, &buf, Class::Control);
+        self.scratch = buf;
+        if code.closes_connection() {
+            self.begin_close(key);
+        }
+    }
+
+    /// Builds a gateway frame with `build` into the scratch buffer and sends it.
+    pub fn send_built(&mut self, key: ConnKey, form: Form, build: impl FnOnce(&mut Vec<u8>, Uuid)) {
+        let dst = self.dst_of(key);
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        build(&mut buf, dst);
+        self.send_frame(key, form, &buf, Class::Control);
+        self.scratch = buf;
+    }
+
+    pub fn send_presence(&mut self, to: ConnKey, id: u64, address: Uuid, online: bool, at_us: u64) {
+        let Some(conn) = self.conns.get(to) else {
+            return;
+        };
+        if conn.state != State::Open {
+            return;
+        }
+        let form = conn.form();
+        self.send_built(to, form, |b, dst| {
+            proto::encode_presence(b, dst, id, address, online, at_us)
+        });
+    }
+
+    // ----- lifecycle ----------------------------------------------------
+
+    /// Starts closing `key` after whatever is queued (an ERROR, a close
+    /// frame): the address goes offline now; the socket's write side is shut
+    /// once the output is flushed; input is drained for the linger time.
+    pub fn begin_close(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if !conn.accepts_input() {
+            return;
+        }
+        self.unregister(key);
+        let now = self.now_ms;
+        let linger = self.cfg.timeouts.close_linger_ms as u64;
+        let conn = self.conns.get_mut(key).expect("checked above");
+        if conn.wire == Wire::Ws {
+            ws::put_close(&mut conn.out, 1000);
+        }
+        conn.state = State::Closing;
+        conn.mark_ms = now;
+        conn.inbuf = Vec::new();
+        conn.ws_partial = None;
+        conn.wheel_tick = self.wheel.insert(key, now + linger);
+        self.mark_dirty(key);
+    }
+
+    /// Cuts a connection off at once: its reader sees end of input and frees
+    /// it. Used when output cannot be delivered or the linger time is over.
+    pub fn force_close(&mut self, key: ConnKey) {
+        self.unregister(key);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.state == State::HandedOver {
+            return;
+        }
+        conn.state = State::Draining;
+        conn.out = Vec::new();
+        // SAFETY: plain syscall on a descriptor this connection owns.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        // Should the reader not wake, look again after another linger.
+        let at = self.now_ms + self.cfg.timeouts.close_linger_ms as u64;
+        conn.mark_ms = self.now_ms;
+        conn.wheel_tick = self.wheel.insert(key, at);
+    }
+
+    /// The address of `key` leaves the routing table (if it still points at
+    /// `key`: a takeover moved it already) and its subscriptions end.
+    pub fn unregister(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.state != State::Open {
+            return;
+        }
+        let addr = conn.addr;
+        let watching = std::mem::take(&mut conn.watching);
+        // Leaves Open so a second call does nothing.
+        conn.state = State::Closing;
+        if self.table.get(&addr).map(|r| r.conn) == Some(key) {
+            self.table.remove(&addr);
+            if !self.shutting_down {
+                let at = now_us();
+                self.presence.went_offline(addr, at);
+                self.publish_presence(addr, false, at);
+            }
+        }
+        for watched in watching {
+            self.unsubscribe(key, watched);
+        }
+    }
+
+    /// The reader saw end of input or an error: the connection is gone.
+    pub fn on_eof(&mut self, key: ConnKey) {
+        self.unregister(key);
+    }
+
+    /// Frees the slot (closing the socket). Called by the reader as it ends.
+    pub fn finish(&mut self, key: ConnKey) {
+        self.unregister(key);
+        self.conns.remove(key);
+    }
+
+    /// HELLO accepted on the owner shard: the address is registered here.
+    pub fn register(&mut self, key: ConnKey, addr: Uuid, hello_id: u64, form: Form) {
+        let now = self.now_ms;
+        let hb = self.cfg.timeouts.heartbeat_timeout_ms as u64;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.addr = addr;
+        conn.state = State::Open;
+        conn.mark_ms = now;
+        if conn.wire == Wire::Ws {
+            conn.json = form == Form::Json;
+        }
+        conn.wheel_tick = self.wheel.insert(key, now + hb);
+        let since = now_us();
+        let old = self.table.insert(
+            addr,
+            Route {
+                conn: key,
+                since_us: since,
+            },
+        );
+        match old {
+            Some(old) if old.conn != key => {
+                // Takeover: not a presence change; the address stays online
+                // since it first came.
+                if let Some(r) = self.table.get_mut(&addr) {
+                    r.since_us = old.since_us;
+                }
+                let old_form = self
+                    .conns
+                    .get(old.conn)
+                    .map(|c| c.form())
+                    .unwrap_or(Form::Binary);
+                self.send_error(
+                    old.conn,
+                    old_form,
+                    0,
+                    ErrorCode::TakenOver,
+                    "address taken over by a newer connection",
+                );
+            }
+            _ => {
+                self.presence.came_online(&addr);
+                self.publish_presence(addr, true, since);
+            }
+        }
+        let (hb_ms, max) = (
+            self.cfg.timeouts.heartbeat_timeout_ms,
+            self.cfg.limits.max_payload_bytes,
+        );
+        self.send_built(key, form, |b, dst| {
+            proto::encode_welcome(b, dst, hello_id, now_us(), hb_ms, max)
+        });
+    }
+
+    // ----- presence and subscriptions -----------------------------------
+
+    /// Tells every watcher of `addr` (which this shard owns) about a change.
+    pub fn publish_presence(&mut self, addr: Uuid, online: bool, at_us: u64) {
+        let n = self.subs.watchers(&addr).len();
+        for i in 0..n {
+            let w = self.subs.watchers(&addr)[i];
+            if w.shard as usize == self.id {
+                self.send_presence(w.conn, 0, addr, online, at_us);
+            } else {
+                self.outbox_push(
+                    w.shard as usize,
+                    Msg::Presence {
+                        to: w.conn,
+                        id: 0,
+                        address: addr,
+                        online,
+                        at_us,
+                    },
+                );
+            }
+        }
+    }
+
+    /// On the owner shard of `watched`: adds a watcher and answers it with
+    /// the current presence.
+    pub fn subscribe_here(&mut self, watched: Uuid, sub: SubRef, id: u64) {
+        self.subs.add(watched, sub);
+        let (online, at_us) = match self.table.get(&watched) {
+            Some(r) => (true, r.since_us),
+            None => (false, self.presence.offline_since(&watched)),
+        };
+        if sub.shard as usize == self.id {
+            self.send_presence(sub.conn, id, watched, online, at_us);
+        } else {
+            self.outbox_push(
+                sub.shard as usize,
+                Msg::Presence {
+                    to: sub.conn,
+                    id,
+                    address: watched,
+                    online,
+                    at_us,
+                },
+            );
+        }
+    }
+
+    /// Connection `key` (on this shard) stops watching `watched`.
+    pub fn unsubscribe(&mut self, key: ConnKey, watched: Uuid) {
+        let owner = self.owner(&watched);
+        if owner == self.id {
+            self.subs.remove(
+                &watched,
+                SubRef {
+                    shard: self.id as u16,
+                    conn: key,
+                },
+            );
+        } else {
+            self.outbox_push(owner, Msg::Unsubscribe { watched, sub: key });
+        }
+    }
+
+    // ----- cross-shard --------------------------------------------------
+
+    pub fn outbox_push(&mut self, shard: usize, msg: Msg) {
+        let ob = &mut self.outboxes[shard];
+        ob.pending.msgs.push(msg);
+        if let Some(w) = ob.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a DATA frame for `shard`; false when the bytes already queued
+    /// for or in flight to that shard are at their bound.
+    pub fn outbox_push_data(&mut self, shard: usize, origin: ConnKey, frame: &[u8]) -> bool {
+        let bound = self.cfg.limits.channel_pending_bytes;
+        let ob = &mut self.outboxes[shard];
+        let in_flight = ob.in_flight.load(Ordering::Relaxed);
+        if in_flight + frame.len() > bound {
+            return false;
+        }
+        ob.in_flight.fetch_add(frame.len(), Ordering::Relaxed);
+        let start = ob.pending.bytes.len() as u32;
+        ob.pending.bytes.extend_from_slice(frame);
+        ob.pending.msgs.push(Msg::Data {
+            origin,
+            start,
+            len: frame.len() as u32,
+        });
+        if let Some(w) = ob.waker.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// Takes what waits for `shard`, leaving buffers sized like the last batch.
+    pub fn take_outbox(&mut self, shard: usize) -> Batch {
+        let ob = &mut self.outboxes[shard];
+        let msgs = ob.pending.msgs.len();
+        let bytes = ob.pending.bytes.len();
+        std::mem::replace(
+            &mut ob.pending,
+            Batch {
+                msgs: Vec::with_capacity(msgs),
+                bytes: Vec::with_capacity(bytes),
+            },
+        )
+    }
+
+    // ----- flushing -----------------------------------------------------
+
+    /// Writes every dirty connection's queue with one non-blocking send each.
+    /// A socket that cannot take everything gets a writer task that waits for
+    /// room; nobody else waits for it.
+    pub fn flush_dirty(&mut self) {
+        let mut list = std::mem::take(&mut self.dirty);
+        for key in list.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.write_blocked {
+                continue;
+            }
+            if !conn.out.is_empty() {
+                // SAFETY: `out` is a live buffer of `out.len()` bytes and `fd`
+                // a socket this connection owns.
+                let n = unsafe {
+                    libc::send(
+                        conn.fd,
+                        conn.out.as_ptr().cast(),
+                        conn.out.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n < 0 {
+                    let err = std::io::Error::last_os_error();
+                    if err.kind() == std::io::ErrorKind::WouldBlock {
+                        conn.write_blocked = true;
+                        self.spawn_writers.push(key);
+                    } else {
+                        self.force_close(key);
+                    }
+                    continue;
+                }
+                let n = n as usize;
+                if n < conn.out.len() {
+                    conn.out.drain(..n);
+                    conn.write_blocked = true;
+                    self.spawn_writers.push(key);
+                    continue;
+                }
+                conn.out.clear();
+                if conn.out.capacity() > OUT_KEEP_BYTES {
+                    conn.out = Vec::new();
+                }
+            }
+            self.after_write(key);
+        }
+        if self.dirty.is_empty() {
+            self.dirty = list;
+        }
+    }
+
+    /// A writer task sent `n` more bytes; true when the queue is empty.
+    pub fn wrote(&mut self, key: ConnKey, n: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return true;
+        };
+        conn.out.drain(..n.min(conn.out.len()));
+        if !conn.out.is_empty() {
+            return false;
+        }
+        conn.write_blocked = false;
+        if conn.out.capacity() > OUT_KEEP_BYTES {
+            conn.out = Vec::new();
+        }
+        self.after_write(key);
+        true
+    }
+
+    /// Once a closing connection's output is out, shut its write side.
+    fn after_write(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.state == State::Closing && conn.out.is_empty() {
+            // SAFETY: plain syscall on a descriptor this connection owns.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+            conn.state = State::Draining;
+        }
+    }
+
+    // ----- timeouts -----------------------------------------------------
+
+    /// Handles every wheel entry that came due.
+    pub fn sweep(&mut self) {
+        self.tick_clock();
+        let now = self.now_ms;
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.expire(now, &mut due);
+        let t = &self.cfg.timeouts;
+        let (hs, hb, linger) = (
+            t.handshake_timeout_ms as u64,
+            t.heartbeat_timeout_ms as u64,
+            t.close_linger_ms as u64,
+        );
+        for e in due.drain(..) {
+            let Some(conn) = self.conns.get_mut(e.conn) else {
+                continue;
+            };
+            if conn.wheel_tick != e.tick {
+                continue;
+            }
+            let deadline = match conn.state {
+                State::Handshake => conn.mark_ms + hs,
+                State::Open => conn.mark_ms + hb,
+                State::Closing | State::Draining => conn.mark_ms + linger,
+                State::HandedOver => continue,
+            };
+            if deadline > now {
+                conn.wheel_tick = self.wheel.insert(e.conn, deadline);
+                continue;
+            }
+            match conn.state {
+                State::Handshake if conn.wire == Wire::WsUpgrade => self.force_close(e.conn),
+                State::Handshake | State::Open => {
+                    self.stats.timeouts += 1;
+                    let form = conn.form();
+                    let message = if conn.state == State::Open {
+                        "no frame within the heartbeat timeout"
+                    } else {
+                        "no HELLO within the handshake timeout"
+                    };
+                    self.send_error(e.conn, form, 0, ErrorCode::Timeout, message);
+                }
+                _ => self.force_close(e.conn),
+            }
+        }
+        self.due = due;
+    }
+
+    /// SIGTERM/SIGINT: every connection gets `shutting_down` and is closed.
+    pub fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.tick_clock();
+        self.shutdown_deadline_ms = self.now_ms + self.cfg.timeouts.shutdown_deadline_ms as u64;
+        for key in self.conns.keys() {
+            let Some(conn) = self.conns.get(key) else {
+                continue;
+            };
+            match (conn.state, conn.wire) {
+                (State::Handshake, Wire::WsUpgrade) => self.force_close(key),
+                (State::Handshake | State::Open, _) => {
+                    let form = conn.form();
+                    self.send_error(
+                        key,
+                        form,
+                        0,
+                        ErrorCode::ShuttingDown,
+                        "gateway shutting down",
+                    );
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(shard = self.id, stats = ?self.stats, "shard shutting down");
+    }
+}

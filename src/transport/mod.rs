@@ -1,0 +1,6 @@
+//! The code that touches sockets: listeners, and turning bytes into frames
+//! for each wire (plain TCP, WebSocket).
+
+pub mod listen;
+pub mod tcp;
+pub mod ws;

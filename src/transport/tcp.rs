@@ -1,0 +1,96 @@
+//! Plain TCP: binary frames back to back.
+
+use crate::proto::{self, Decoded};
+use crate::routing::ConnKey;
+use crate::shard::conn::Form;
+use crate::shard::handle::{reject_message, Flow};
+use crate::shard::state::ShardState;
+
+/// How far processing got through a buffer.
+pub enum Progress {
+    /// Frames up to this offset were handled; the rest is an incomplete
+    /// frame needing `needed` bytes in total.
+    Partial { consumed: usize, needed: usize },
+    /// The connection stopped reading (closing or handed over); drop the rest.
+    Done,
+}
+
+impl ShardState {
+    pub fn on_tcp_input(&mut self, key: ConnKey, data: &mut [u8]) {
+        let carried = match self.conns.get_mut(key) {
+            Some(conn) if !conn.inbuf.is_empty() => Some(std::mem::take(&mut conn.inbuf)),
+            Some(_) => None,
+            None => return,
+        };
+        match carried {
+            None => {
+                if let Progress::Partial { consumed, needed } = self.process_tcp(key, data) {
+                    self.carry(key, &data[consumed..], needed);
+                }
+            }
+            Some(mut buf) => {
+                buf.extend_from_slice(data);
+                if let Progress::Partial { consumed, .. } = self.process_tcp(key, &mut buf) {
+                    if consumed < buf.len() {
+                        buf.drain(..consumed);
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.inbuf = buf;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps the start of an incomplete frame for the next read, reserving
+    /// exactly what the frame needs (bounded by the maximum payload).
+    pub fn carry(&mut self, key: ConnKey, rest: &[u8], needed: usize) {
+        if rest.is_empty() {
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            let mut buf = Vec::with_capacity(needed.max(rest.len()));
+            buf.extend_from_slice(rest);
+            conn.inbuf = buf;
+        }
+    }
+
+    fn process_tcp(&mut self, key: ConnKey, buf: &mut [u8]) -> Progress {
+        let max = self.cfg.limits.max_payload_bytes;
+        let mut off = 0;
+        loop {
+            if !self.conns.get(key).is_some_and(|c| c.accepts_input()) {
+                return Progress::Done;
+            }
+            match proto::decode(&buf[off..], max) {
+                Decoded::Incomplete { needed } => {
+                    return Progress::Partial {
+                        consumed: off,
+                        needed,
+                    }
+                }
+                Decoded::Reject { header, code } => {
+                    self.send_error(key, Form::Binary, header.id, code, reject_message(code));
+                    return Progress::Done;
+                }
+                Decoded::Frame {
+                    header,
+                    payload,
+                    consumed,
+                } => {
+                    let raw = &buf[off..off + consumed];
+                    let flow = self.on_frame(key, Form::Binary, &header, payload, Some(raw));
+                    off += consumed;
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::Stop => return Progress::Done,
+                        Flow::Handover { addr, hello_id } => {
+                            self.hand_over(key, addr, hello_id, &buf[off..]);
+                            return Progress::Done;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
