@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod handle;
 pub mod msg;
+pub mod sim;
 pub mod state;
 pub mod wheel;
 
@@ -393,4 +394,18 @@ async fn service_events(shard: Rc<Shard>, mut rx: mpsc::Receiver<Vec<ServiceEven
         }
         shard.spawn_pending();
     }
+}
+
+/// Bytes of one parked reader future (for the memory simulation).
+pub fn reader_future_bytes() -> usize {
+    let (tx, _rx) = mpsc::channel(1);
+    let cfg = Arc::new(Config::default());
+    let mut cfg_small = (*cfg).clone();
+    cfg_small.runtime.read_buffer_bytes = 4096;
+    let state = ShardState::new(0, 1, Arc::new(cfg_small), Vec::new(), Vec::new(), tx);
+    let shard = Rc::new(Shard {
+        st: RefCell::new(state),
+        accepts: RefCell::new(Vec::new()),
+    });
+    std::mem::size_of_val(&reader(shard, ConnKey { slot: 0, gen: 0 }))
 }

@@ -301,7 +301,13 @@ impl ShardState {
             };
             let registered = self.conns.get(key).and_then(|c| c.registered());
             let mut payload = std::mem::take(&mut self.payload_scratch);
-            let flow = match proto::decode_json(text, registered, &mut payload) {
+            let max = self.cfg.limits.max_payload_bytes;
+            let decoded = proto::decode_json(text, registered, &mut payload).and_then(|h| {
+                proto::check_header(&h, max)
+                    .map(|()| h)
+                    .map_err(|code| (h.id, code))
+            });
+            let flow = match decoded {
                 Ok(header) => self.on_frame(key, Form::Json, &header, &payload, None),
                 Err((id, code)) => {
                     if let Some(conn) = self.conns.get_mut(key) {
