@@ -30,9 +30,7 @@ impl Gateway {
                 tracing::error!(error = ?e, "shard thread failed");
             }
         }
-        if self.service.thread.join().is_err() {
-            tracing::error!("service thread panicked");
-        }
+        self.service.stop();
     }
 }
 

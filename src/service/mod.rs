@@ -25,17 +25,30 @@ pub fn now_us() -> u64 {
 }
 
 pub struct Service {
-    pub thread: JoinHandle<()>,
+    thread: JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// Starts the service thread. It runs until every request sender (one per
-/// shard) is dropped. Returns once its signal handlers are installed, so a
+impl Service {
+    /// Stops the service shard once the connection shards are gone, and
+    /// waits for it.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            tracing::error!("service thread panicked");
+        }
+    }
+}
+
+/// Starts the service thread. It runs until [`Service::stop`] or until every
+/// request sender (one per shard) is dropped. Returns once its signal handlers are installed, so a
 /// signal that arrives after this returns triggers a graceful shutdown.
 pub fn start(
     requests: mpsc::Receiver<ServiceReq>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
 ) -> std::io::Result<Service> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("gateway-service".into())
         .spawn(move || {
@@ -49,10 +62,10 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(run(requests, shards, ready_tx));
+            rt.block_on(run(requests, shards, ready_tx, stop_rx));
         })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(Service { thread }),
+        Ok(Ok(())) => Ok(Service { thread, stop }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(std::io::Error::other("service thread died at start")),
     }
@@ -62,6 +75,7 @@ async fn run(
     mut requests: mpsc::Receiver<ServiceReq>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let signals =
         signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
@@ -78,6 +92,7 @@ async fn run(
     let mut shutting_down = false;
     loop {
         tokio::select! {
+            _ = &mut stop => break,
             n = requests.recv_many(&mut batch, BATCH_MAX) => {
                 if n == 0 {
                     break;
