@@ -23,7 +23,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: Listen,
@@ -118,19 +118,6 @@ pub struct Log {
     /// A `tracing` filter (`info`, `debug`, `uring_gateway=trace`); `RUST_LOG`
     /// wins when set.
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: Listen::default(),
-            runtime: Runtime::default(),
-            limits: Limits::default(),
-            timeouts: Timeouts::default(),
-            service: Service::default(),
-            log: Log::default(),
-        }
-    }
 }
 
 impl Default for Listen {

@@ -333,7 +333,7 @@ impl ShardState {
 
     /// A socket handed over by another shard: register it here and go on
     /// with the bytes that came after its HELLO.
-    fn adopt_handover(&mut self, mut h: Box<Handover>) {
+    fn adopt_handover(&mut self, mut h: Handover) {
         self.tick_clock();
         let fd = h.take_fd();
         // SAFETY: `fd` is the dup the sending shard made for us; we own it now.
@@ -413,7 +413,7 @@ impl ShardState {
                         },
                     );
                 }
-                Msg::Handover(h) => self.adopt_handover(h),
+                Msg::Handover(h) => self.adopt_handover(*h),
             }
         }
         self.inbound[from].fetch_sub(bytes.len(), Ordering::Relaxed);

@@ -130,12 +130,10 @@ pub async fn run(setup: ShardSetup) {
     }
 
     // Both ends of every channel must connect; do them all at once.
-    let mut connects: Vec<Task<Option<(usize, ConnectedSender<Batch>)>>> = Vec::new();
+    let mut connects: Vec<Task<(usize, ConnectedSender<Batch>)>> = Vec::new();
     for (j, s) in to.into_iter().enumerate() {
         if let Some(s) = s {
-            connects.push(glommio::spawn_local(
-                async move { Some((j, s.connect().await)) },
-            ));
+            connects.push(glommio::spawn_local(async move { (j, s.connect().await) }));
         }
     }
     let mut receivers: Vec<Task<(usize, ConnectedReceiver<Batch>)>> = Vec::new();
@@ -146,9 +144,7 @@ pub async fn run(setup: ShardSetup) {
     }
     let mut senders = Vec::new();
     for c in connects {
-        if let Some(s) = c.await {
-            senders.push(s);
-        }
+        senders.push(c.await);
     }
     let mut inboxes = Vec::new();
     for r in receivers {
