@@ -5,6 +5,7 @@
 //! a connection is idle: reads land in the shard's shared buffer, and only a
 //! partial frame or unsent output is kept per connection.
 
+use crate::config::Timeouts;
 use crate::routing::ConnKey;
 use glommio::net::TcpStream;
 use std::os::fd::RawFd;
@@ -25,6 +26,18 @@ pub enum State {
     Draining,
     /// The socket went to its owner shard; the reader stops and frees the slot.
     HandedOver,
+}
+
+/// The timeout policy: when a connection in `state`, marked at `mark_ms`,
+/// must be acted on. None for a connection that has left the shard.
+pub fn deadline_ms(state: State, mark_ms: u64, t: &Timeouts) -> Option<u64> {
+    let after = match state {
+        State::Handshake => t.handshake_timeout_ms,
+        State::Open => t.heartbeat_timeout_ms,
+        State::Closing | State::Draining => t.close_linger_ms,
+        State::HandedOver => return None,
+    };
+    Some(mark_ms + after as u64)
 }
 
 /// How bytes are framed on the socket.
@@ -215,6 +228,21 @@ impl<T> Slab<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_state_has_its_own_timeout() {
+        let t = Timeouts {
+            heartbeat_timeout_ms: 90_000,
+            handshake_timeout_ms: 10_000,
+            close_linger_ms: 2_000,
+            ..Timeouts::default()
+        };
+        assert_eq!(deadline_ms(State::Handshake, 5, &t), Some(10_005));
+        assert_eq!(deadline_ms(State::Open, 5, &t), Some(90_005));
+        assert_eq!(deadline_ms(State::Closing, 5, &t), Some(2_005));
+        assert_eq!(deadline_ms(State::Draining, 5, &t), Some(2_005));
+        assert_eq!(deadline_ms(State::HandedOver, 5, &t), None);
+    }
 
     #[test]
     fn stale_keys_miss_after_reuse() {

@@ -3,7 +3,7 @@
 //! the timeout sweep. Everything here is synchronous; the tasks in
 //! `shard::tasks` drive it and never hold it across an await.
 
-use super::conn::{Conn, Form, Slab, State, Wire};
+use super::conn::{deadline_ms, Conn, Form, Slab, State, Wire};
 use super::msg::{Batch, Msg, ServiceReq};
 use super::wheel::{Entry, Wheel};
 use crate::config::Config;
@@ -631,12 +631,6 @@ impl ShardState {
         let now = self.now_ms;
         let mut due = std::mem::take(&mut self.due);
         self.wheel.expire(now, &mut due);
-        let t = &self.cfg.timeouts;
-        let (hs, hb, linger) = (
-            t.handshake_timeout_ms as u64,
-            t.heartbeat_timeout_ms as u64,
-            t.close_linger_ms as u64,
-        );
         for e in due.drain(..) {
             let Some(conn) = self.conns.get_mut(e.conn) else {
                 continue;
@@ -644,11 +638,8 @@ impl ShardState {
             if conn.wheel_tick != e.tick {
                 continue;
             }
-            let deadline = match conn.state {
-                State::Handshake => conn.mark_ms + hs,
-                State::Open => conn.mark_ms + hb,
-                State::Closing | State::Draining => conn.mark_ms + linger,
-                State::HandedOver => continue,
+            let Some(deadline) = deadline_ms(conn.state, conn.mark_ms, &self.cfg.timeouts) else {
+                continue;
             };
             if deadline > now {
                 conn.wheel_tick = self.wheel.insert(e.conn, deadline);
