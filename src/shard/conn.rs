@@ -86,11 +86,24 @@ pub struct Conn<S = TcpStream> {
     pub wheel_tick: u32,
     /// Bytes waiting to be written, already framed for the wire.
     pub out: Vec<u8>,
+    /// What most idle connections never need, out of line.
+    extra: Option<Box<Extra>>,
+}
+
+/// Per-connection state that exists only while in use.
+#[derive(Default)]
+struct Extra {
     /// A partial frame (or HTTP request) carried over between reads.
-    pub inbuf: Vec<u8>,
+    inbuf: Vec<u8>,
     /// Addresses this connection watches (bounded by the subscription limit).
-    pub watching: Vec<Uuid>,
-    pub ws_partial: Option<Box<WsPartial>>,
+    watching: Vec<Uuid>,
+    ws_partial: Option<WsPartial>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.inbuf.capacity() == 0 && self.watching.is_empty() && self.ws_partial.is_none()
+    }
 }
 
 impl<S> Conn<S> {
@@ -107,10 +120,100 @@ impl<S> Conn<S> {
             mark_ms: now_ms,
             wheel_tick: 0,
             out: Vec::new(),
-            inbuf: Vec::new(),
-            watching: Vec::new(),
-            ws_partial: None,
+            extra: None,
         }
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the out-of-line part once nothing is left in it.
+    fn tidy(&mut self) {
+        if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
+            self.extra = None;
+        }
+    }
+
+    pub fn has_inbuf(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| !e.inbuf.is_empty())
+    }
+
+    /// Takes the carried-over input (empty when there is none).
+    pub fn take_inbuf(&mut self) -> Vec<u8> {
+        let Some(e) = self.extra.as_mut() else {
+            return Vec::new();
+        };
+        let buf = std::mem::take(&mut e.inbuf);
+        self.tidy();
+        buf
+    }
+
+    pub fn set_inbuf(&mut self, buf: Vec<u8>) {
+        if buf.capacity() == 0 && self.extra.is_none() {
+            return;
+        }
+        self.extra_mut().inbuf = buf;
+        self.tidy();
+    }
+
+    pub fn watching(&self) -> &[Uuid] {
+        self.extra
+            .as_ref()
+            .map(|e| e.watching.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn watch(&mut self, addr: Uuid) {
+        self.extra_mut().watching.push(addr);
+    }
+
+    /// Stops watching `addr`; false if it was not watched.
+    pub fn unwatch(&mut self, addr: &Uuid) -> bool {
+        let Some(e) = self.extra.as_mut() else {
+            return false;
+        };
+        let Some(i) = e.watching.iter().position(|w| w == addr) else {
+            return false;
+        };
+        e.watching.swap_remove(i);
+        if e.watching.is_empty() {
+            e.watching = Vec::new();
+        }
+        self.tidy();
+        true
+    }
+
+    pub fn take_watching(&mut self) -> Vec<Uuid> {
+        let Some(e) = self.extra.as_mut() else {
+            return Vec::new();
+        };
+        let w = std::mem::take(&mut e.watching);
+        self.tidy();
+        w
+    }
+
+    pub fn has_ws_partial(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.ws_partial.is_some())
+    }
+
+    pub fn take_ws_partial(&mut self) -> Option<WsPartial> {
+        let p = self.extra.as_mut()?.ws_partial.take();
+        self.tidy();
+        p
+    }
+
+    pub fn set_ws_partial(&mut self, p: WsPartial) {
+        self.extra_mut().ws_partial = Some(p);
+    }
+
+    /// Forgets buffered input (the connection stops reading).
+    pub fn clear_input(&mut self) {
+        if let Some(e) = self.extra.as_mut() {
+            e.inbuf = Vec::new();
+            e.ws_partial = None;
+        }
+        self.tidy();
     }
 
     pub fn registered(&self) -> Option<Uuid> {

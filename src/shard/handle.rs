@@ -101,11 +101,8 @@ impl ShardState {
             }
             Kind::Unsubscribe => {
                 let watched = proto::read_address(payload);
-                if let Some(conn) = self.conns.get_mut(key) {
-                    if let Some(i) = conn.watching.iter().position(|w| *w == watched) {
-                        conn.watching.swap_remove(i);
-                        self.unsubscribe(key, watched);
-                    }
+                if self.conns.get_mut(key).is_some_and(|c| c.unwatch(&watched)) {
+                    self.unsubscribe(key, watched);
                 }
                 Flow::Continue
             }
@@ -269,8 +266,8 @@ impl ShardState {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if !conn.watching.contains(&watched) {
-            if conn.watching.len() >= max {
+        if !conn.watching().contains(&watched) {
+            if conn.watching().len() >= max {
                 self.send_error(
                     key,
                     reply,
@@ -280,7 +277,7 @@ impl ShardState {
                 );
                 return;
             }
-            conn.watching.push(watched);
+            conn.watch(watched);
         }
         let owner = self.owner(&watched);
         if owner == self.id {
@@ -326,7 +323,7 @@ impl ShardState {
             out: std::mem::take(&mut conn.out),
         };
         conn.state = State::HandedOver;
-        conn.inbuf = Vec::new();
+        conn.clear_input();
         self.stats.handovers_out += 1;
         self.outbox_push(owner, Msg::Handover(Box::new(handover)));
     }

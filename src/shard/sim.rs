@@ -80,8 +80,8 @@ pub fn idle_footprint(n: usize, reader_future_bytes: usize) -> (Footprint, Popul
         let mut conn = Conn::new([0u8; STREAM_BYTES], -1, Wire::Tcp, 0);
         conn.state = State::Open;
         conn.addr = Uuid::new_v4();
-        // The WELCOME left a small output buffer behind, as on a real socket.
-        conn.out.reserve_exact(64);
+        // An idle connection holds no output buffer: it went back to the
+        // shard's pool when the WELCOME was flushed.
         let addr = conn.addr;
         let key: ConnKey = slab.insert(conn);
         table.insert(

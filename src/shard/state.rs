@@ -19,9 +19,15 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// An output buffer larger than this is released once it has been sent, so
-/// an idle connection keeps no large buffer after a burst.
+/// An output buffer larger than this is freed once it has been sent instead
+/// of going back to the pool, so the pool stays small after a burst.
 const OUT_KEEP_BYTES: usize = 4096;
+
+/// Output buffers kept for reuse per shard. A connection holds an output
+/// buffer only while it has something to send; once flushed, the buffer goes
+/// back to this pool, so an idle connection holds none and a busy one does
+/// not allocate per message.
+const OUT_POOL_MAX: usize = 1024;
 
 /// Frames the gateway itself generates (errors, presence, replies) may use
 /// this multiple of the outbound limit; DATA may use 1x. A connection whose
@@ -91,6 +97,7 @@ pub struct ShardState {
     /// DATA counters of the channels into this shard, by source shard.
     pub inbound: Vec<Arc<AtomicUsize>>,
     pub dirty: Vec<ConnKey>,
+    out_pool: Vec<Vec<u8>>,
     pub flusher: Option<Waker>,
     /// Connections that need a reader task (accepted or handed over).
     pub spawn_readers: Vec<ConnKey>,
@@ -139,6 +146,7 @@ impl ShardState {
             outboxes,
             inbound,
             dirty: Vec::new(),
+            out_pool: Vec::new(),
             flusher: None,
             spawn_readers: Vec::new(),
             spawn_writers: Vec::new(),
@@ -183,6 +191,11 @@ impl ShardState {
             Class::Data => limit,
             Class::Control => limit * CONTROL_ALLOWANCE,
         };
+        if conn.out.capacity() == 0 {
+            if let Some(buf) = self.out_pool.pop() {
+                conn.out = buf;
+            }
+        }
         if conn.out.len() + frame.len() > cap {
             if class == Class::Control {
                 // It cannot even be told; cut it off rather than queue without
@@ -309,8 +322,7 @@ impl ShardState {
         }
         conn.state = State::Closing;
         conn.mark_ms = now;
-        conn.inbuf = Vec::new();
-        conn.ws_partial = None;
+        conn.clear_input();
         conn.wheel_tick = self.wheel.insert(key, now + linger);
         self.mark_dirty(key);
     }
@@ -345,7 +357,7 @@ impl ShardState {
             return;
         }
         let addr = conn.addr;
-        let watching = std::mem::take(&mut conn.watching);
+        let watching = conn.take_watching();
         // Leaves Open so a second call does nothing.
         conn.state = State::Closing;
         if self.table.get(&addr).map(|r| r.conn) == Some(key) {
@@ -582,9 +594,10 @@ impl ShardState {
                     self.spawn_writers.push(key);
                     continue;
                 }
-                conn.out.clear();
-                if conn.out.capacity() > OUT_KEEP_BYTES {
-                    conn.out = Vec::new();
+                let mut buf = std::mem::take(&mut conn.out);
+                if buf.capacity() <= OUT_KEEP_BYTES && self.out_pool.len() < OUT_POOL_MAX {
+                    buf.clear();
+                    self.out_pool.push(buf);
                 }
             }
             self.after_write(key);
@@ -604,8 +617,10 @@ impl ShardState {
             return false;
         }
         conn.write_blocked = false;
-        if conn.out.capacity() > OUT_KEEP_BYTES {
-            conn.out = Vec::new();
+        let mut buf = std::mem::take(&mut conn.out);
+        if buf.capacity() <= OUT_KEEP_BYTES && self.out_pool.len() < OUT_POOL_MAX {
+            buf.clear();
+            self.out_pool.push(buf);
         }
         self.after_write(key);
         true

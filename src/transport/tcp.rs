@@ -18,7 +18,7 @@ pub enum Progress {
 impl ShardState {
     pub fn on_tcp_input(&mut self, key: ConnKey, data: &mut [u8]) {
         let carried = match self.conns.get_mut(key) {
-            Some(conn) if !conn.inbuf.is_empty() => Some(std::mem::take(&mut conn.inbuf)),
+            Some(conn) if conn.has_inbuf() => Some(conn.take_inbuf()),
             Some(_) => None,
             None => return,
         };
@@ -34,7 +34,7 @@ impl ShardState {
                     if consumed < buf.len() {
                         buf.drain(..consumed);
                         if let Some(conn) = self.conns.get_mut(key) {
-                            conn.inbuf = buf;
+                            conn.set_inbuf(buf);
                         }
                     }
                 }
@@ -51,7 +51,7 @@ impl ShardState {
         if let Some(conn) = self.conns.get_mut(key) {
             let mut buf = Vec::with_capacity(needed.max(rest.len()));
             buf.extend_from_slice(rest);
-            conn.inbuf = buf;
+            conn.set_inbuf(buf);
         }
     }
 

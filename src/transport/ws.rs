@@ -83,10 +83,10 @@ impl ShardState {
             self.on_upgrade_input(key, data);
             return;
         }
-        let carried = if conn.inbuf.is_empty() {
-            None
+        let carried = if conn.has_inbuf() {
+            Some(conn.take_inbuf())
         } else {
-            Some(std::mem::take(&mut conn.inbuf))
+            None
         };
         match carried {
             None => {
@@ -100,7 +100,7 @@ impl ShardState {
                     if consumed < buf.len() {
                         buf.drain(..consumed);
                         if let Some(conn) = self.conns.get_mut(key) {
-                            conn.inbuf = buf;
+                            conn.set_inbuf(buf);
                         }
                     }
                 }
@@ -114,11 +114,14 @@ impl ShardState {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.inbuf.extend_from_slice(data);
-        let parsed = Request::try_parse(&conn.inbuf);
+        let mut buf = conn.take_inbuf();
+        buf.extend_from_slice(data);
+        let parsed = Request::try_parse(&buf);
+        let pending = buf.len();
+        conn.set_inbuf(buf);
         let (size, request) = match parsed {
             Ok(Some(r)) => r,
-            Ok(None) if conn.inbuf.len() <= limit => return,
+            Ok(None) if pending <= limit => return,
             Ok(None) => return self.refuse_http(key, TOO_LARGE),
             Err(_) => return self.refuse_http(key, BAD_REQUEST),
         };
@@ -136,7 +139,7 @@ impl ShardState {
         self.send_raw(key, &head);
         let conn = self.conns.get_mut(key).expect("checked above");
         conn.wire = Wire::Ws;
-        let mut rest = std::mem::take(&mut conn.inbuf);
+        let mut rest = conn.take_inbuf();
         rest.drain(..size);
         if !rest.is_empty() {
             self.on_ws_input(key, &mut rest);
@@ -220,7 +223,7 @@ impl ShardState {
                 }
                 OpCode::Data(Data::Continue) => {
                     let conn = self.conns.get_mut(key).expect("checked above");
-                    let Some(mut partial) = conn.ws_partial.take() else {
+                    let Some(mut partial) = conn.take_ws_partial() else {
                         return self.ws_fail(key, "continuation without a message");
                     };
                     if partial.data.len() + payload.len() > max_msg {
@@ -237,23 +240,23 @@ impl ShardState {
                     if header.is_final {
                         self.on_ws_message(key, partial.text, &partial.data)
                     } else {
-                        conn.ws_partial = Some(partial);
+                        conn.set_ws_partial(partial);
                         Flow::Continue
                     }
                 }
                 OpCode::Data(data) => {
                     let text = data == Data::Text;
                     let conn = self.conns.get_mut(key).expect("checked above");
-                    if conn.ws_partial.is_some() {
+                    if conn.has_ws_partial() {
                         return self.ws_fail(key, "new message inside a fragmented one");
                     }
                     if header.is_final {
                         self.on_ws_message(key, text, payload)
                     } else {
-                        conn.ws_partial = Some(Box::new(WsPartial {
+                        conn.set_ws_partial(WsPartial {
                             text,
                             data: payload.to_vec(),
-                        }));
+                        });
                         Flow::Continue
                     }
                 }
