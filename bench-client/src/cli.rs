@@ -1,0 +1,232 @@
+//! Command line, and the checks made before any socket is opened.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::conn::{Transport, SOURCE_ADDRS_DEFAULT, TOKEN_MAX_BYTES};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench-client",
+    version,
+    about = "Load generator for uring-gateway (protocol v1). Targets 127.0.0.0/8 only.",
+    after_help = "Prints a table, then one JSON line starting with {\"scenario\": as the last line of stdout. \
+                  Progress goes to stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// P pairs: a keeps W DATA frames in flight to b, b echoes each back.
+    Pingpong(PingpongArgs),
+    /// Open C idle connections, keep them alive with heartbeats, measure RSS.
+    Hold(HoldArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// CPU to pin the client's single executor to (the gateway gets CPU 0).
+    #[arg(long, default_value_t = 1)]
+    pub cpu: usize,
+    /// Label of the system under test, copied into the JSON line.
+    #[arg(long = "target-name", default_value = "gateway")]
+    pub target_name: String,
+    /// HELLO auth token (UTF-8); empty when the gateway runs without auth.
+    #[arg(long, default_value = "")]
+    pub token: String,
+    /// Connection setups (connect, upgrade, HELLO, WELCOME) in flight at once.
+    #[arg(long = "connect-concurrency", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub connect_concurrency: u32,
+    /// Limit for one connection's setup, in seconds.
+    #[arg(long = "setup-timeout-s", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub setup_timeout_s: u64,
+    /// Spread connections over source addresses 127.0.0.1..=127.0.0.N, so
+    /// the kernel finds a free local port at once even with 19,000 open.
+    #[arg(long = "source-addrs", default_value_t = SOURCE_ADDRS_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=250))]
+    pub source_addrs: u32,
+    /// Busy-poll this many microseconds before the executor parks. Lowers
+    /// round trips and the cost of waking the client, but keeps its core busy
+    /// (so `client_cpu_pct` no longer shows whether the client is the limit).
+    #[arg(long = "spin-us", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub spin_us: u64,
+    /// io_uring depth of the client's executor.
+    #[arg(long = "ring-depth", default_value_t = 2048,
+          value_parser = clap::value_parser!(u32).range(64..=32768))]
+    pub ring_depth: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct PingpongArgs {
+    /// Gateway TCP address (127.0.0.0/8 only).
+    #[arg(long)]
+    pub tcp: String,
+    /// Number of connection pairs.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=9000))]
+    pub pairs: u32,
+    /// DATA frames each pair keeps in flight.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub window: u32,
+    /// DATA payload bytes (the first 8 carry the send time).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=1_048_576))]
+    pub payload: u32,
+    /// Measured time, after the warmup.
+    #[arg(long = "duration-s", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_s: u64,
+    /// Traffic before measuring starts.
+    #[arg(long = "warmup-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub warmup_s: u64,
+    /// After sending stops, how long to wait for the last echoes; what is
+    /// still missing then is reported as lost.
+    #[arg(long = "drain-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub drain_s: u64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+#[group(id = "target", required = true, multiple = false, args = ["tcp", "ws"])]
+pub struct HoldArgs {
+    /// Gateway TCP address (127.0.0.0/8 only).
+    #[arg(long)]
+    pub tcp: Option<String>,
+    /// Gateway WebSocket address (127.0.0.0/8 only); the path is /ws.
+    #[arg(long)]
+    pub ws: Option<String>,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=19_900))]
+    pub conns: u32,
+    /// Heartbeat interval per connection (spread over the interval).
+    #[arg(long = "heartbeat-s", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_s: u64,
+    /// How long to hold all connections once every setup has finished.
+    #[arg(long = "hold-s", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub hold_s: u64,
+    /// New connections started per second.
+    #[arg(long = "connect-rate", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connect_rate: u32,
+    /// Gateway process id whose VmRSS is reported (omit to skip).
+    #[arg(long = "gateway-pid")]
+    pub gateway_pid: Option<u32>,
+    /// Wait after the last setup before reading the loaded RSS.
+    #[arg(long = "settle-s", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub settle_s: u64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Settings both scenarios share, validated.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub target: SocketAddrV4,
+    pub source_addrs: u32,
+    pub target_name: String,
+    pub token: Vec<u8>,
+    pub connect_concurrency: usize,
+    pub setup_timeout: Duration,
+}
+
+impl Common {
+    pub fn shared(&self, target: &str) -> anyhow::Result<Shared> {
+        if self.token.len() > TOKEN_MAX_BYTES {
+            bail!("--token is longer than {TOKEN_MAX_BYTES} bytes");
+        }
+        Ok(Shared {
+            target: loopback_target(target)?,
+            source_addrs: self.source_addrs,
+            target_name: self.target_name.clone(),
+            token: self.token.as_bytes().to_vec(),
+            connect_concurrency: self.connect_concurrency as usize,
+            setup_timeout: Duration::from_secs(self.setup_timeout_s),
+        })
+    }
+}
+
+impl HoldArgs {
+    pub fn transport_and_target(&self) -> (Transport, &str) {
+        match (&self.tcp, &self.ws) {
+            (Some(t), _) => (Transport::Tcp, t),
+            (None, Some(w)) => (Transport::Ws, w),
+            (None, None) => unreachable!("clap requires --tcp or --ws"),
+        }
+    }
+}
+
+/// Resolves `host:port` and accepts it only inside 127.0.0.0/8: this tool
+/// generates load and must never point at another machine.
+pub fn loopback_target(text: &str) -> anyhow::Result<SocketAddrV4> {
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .with_context(|| format!("cannot parse target {text:?} (expected IP:PORT)"))?
+        .collect();
+    let Some(addr) = addrs.iter().copied().find(is_loopback_v4) else {
+        bail!("refusing target {text:?}: only 127.0.0.0/8 addresses may be targeted (resolved to {addrs:?})");
+    };
+    if addrs.iter().any(|a| !is_loopback(a)) {
+        bail!("refusing target {text:?}: it also resolves outside loopback ({addrs:?})");
+    }
+    if addr.port() == 0 {
+        bail!("target {text:?} has port 0");
+    }
+    match addr {
+        SocketAddr::V4(v4) => Ok(v4),
+        SocketAddr::V6(_) => unreachable!("only IPv4 loopback is selected"),
+    }
+}
+
+fn is_loopback_v4(a: &SocketAddr) -> bool {
+    matches!(a.ip(), IpAddr::V4(ip) if ip.octets()[0] == 127)
+}
+
+fn is_loopback(a: &SocketAddr) -> bool {
+    a.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn only_loopback_v4_targets() {
+        assert_eq!(
+            loopback_target("127.0.0.1:7000").unwrap(),
+            "127.0.0.1:7000".parse().unwrap()
+        );
+        assert!(loopback_target("127.9.8.7:1").is_ok());
+        assert!(loopback_target("10.0.0.1:7000").is_err());
+        assert!(loopback_target("192.168.1.1:7000").is_err());
+        assert!(loopback_target("8.8.8.8:53").is_err());
+        assert!(loopback_target("[::1]:7000").is_err());
+        assert!(loopback_target("127.0.0.1:0").is_err());
+        assert!(loopback_target("nonsense").is_err());
+    }
+
+    #[test]
+    fn hold_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["b", "hold", "--conns", "5"]).is_err());
+        assert!(
+            Cli::try_parse_from(["b", "hold", "--tcp", "127.0.0.1:1", "--ws", "127.0.0.1:2"])
+                .is_err()
+        );
+        let cli = Cli::try_parse_from(["b", "hold", "--ws", "127.0.0.1:7001"]).unwrap();
+        let Command::Hold(h) = cli.command else {
+            panic!("hold")
+        };
+        assert_eq!(h.transport_and_target(), (Transport::Ws, "127.0.0.1:7001"));
+    }
+}
