@@ -377,7 +377,6 @@ impl ShardState {
 
     /// A batch from shard `from`, handled in order.
     pub fn on_batch(&mut self, from: usize, mut batch: Batch) {
-        self.tick_clock();
         let bytes = std::mem::take(&mut batch.bytes);
         for msg in batch.msgs.drain(..) {
             match msg {

@@ -274,7 +274,6 @@ async fn reader(shard: Rc<Shard>, key: ConnKey) {
             let mut st = shard.st.borrow_mut();
             match res {
                 Some(Ok(n)) if n > 0 => {
-                    st.tick_clock();
                     let mut buf = std::mem::take(&mut st.rbuf);
                     st.on_input(key, &mut buf[..n]);
                     let full = n == buf.len();

@@ -106,7 +106,9 @@ pub struct ShardState {
     pub wheel: Wheel,
     due: Vec<Entry>,
     epoch: Instant,
-    /// Shard clock in milliseconds, refreshed on every wakeup that reads it.
+    /// Shard clock in milliseconds: a coarse clock refreshed every timer tick
+    /// and at accept, so the hot path never reads the time (liveness needs
+    /// no better than a tick).
     pub now_ms: u64,
     /// The read buffer every connection of this shard reads into.
     pub rbuf: Vec<u8>,
