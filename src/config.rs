@@ -31,6 +31,7 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub service: Service,
+    pub store: Store,
     pub log: Log,
 }
 
@@ -112,6 +113,31 @@ pub struct Service {
     pub reply_capacity: usize,
 }
 
+/// Where client state is kept and how writes are batched.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Store {
+    /// MySQL/MariaDB URL (`mysql://user:pass@host:3306/db`); empty means the
+    /// embedded SQLite store in `data_dir`. `GATEWAY_MYSQL_URL` overrides it.
+    pub mysql_url: String,
+    /// Directory of the embedded store (`gateway.sqlite3`).
+    pub data_dir: std::path::PathBuf,
+    /// A batch is committed once it has this many rows...
+    pub batch_rows: usize,
+    /// ...or once its oldest write has waited this long.
+    pub batch_interval_ms: u64,
+    /// State writes waiting to be committed; a write beyond this is answered
+    /// `store_unavailable` at once.
+    pub queue_capacity: usize,
+    /// Committed states kept in memory for STATE_GET.
+    pub cache_entries: usize,
+    /// Backoff between retries while the database fails: first delay, cap.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// On SIGTERM/SIGINT, how long queued writes may take to commit.
+    pub shutdown_flush_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Log {
@@ -179,6 +205,22 @@ impl Default for Service {
     }
 }
 
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            mysql_url: String::new(),
+            data_dir: std::path::PathBuf::from("gateway-data"),
+            batch_rows: 512,
+            batch_interval_ms: 5,
+            queue_capacity: 262_144,
+            cache_entries: 100_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            shutdown_flush_ms: 5_000,
+        }
+    }
+}
+
 impl Default for Log {
     fn default() -> Self {
         Log {
@@ -238,6 +280,13 @@ impl Config {
         }
         if self.service.queue_capacity == 0 || self.service.reply_capacity == 0 {
             return bad("service queue capacities must be at least 1");
+        }
+        if self.store.batch_rows == 0 || self.store.queue_capacity == 0 {
+            return bad("store.batch_rows and store.queue_capacity must be at least 1");
+        }
+        if self.store.retry_initial_ms == 0 || self.store.retry_max_ms < self.store.retry_initial_ms
+        {
+            return bad("store.retry_initial_ms must be at least 1 and at most store.retry_max_ms");
         }
         Ok(())
     }

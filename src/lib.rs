@@ -16,8 +16,10 @@
 //!   shards`), and talks to the other shards only through batched messages on
 //!   lock-free channels.
 //! - [`routing`]: the owner hash, subscriptions, presence memory.
-//! - [`service`]: the dedicated service shard (its own thread): time sync and
-//!   signals.
+//! - [`service`]: the dedicated service shard (its own thread): time sync,
+//!   batched state writes, signals.
+//! - [`store`]: where state and presence are kept: MySQL/MariaDB, or an
+//!   embedded SQLite by default.
 //! - [`config`]: every setting and bound, from a TOML file.
 
 pub mod config;
@@ -26,4 +28,5 @@ pub mod routing;
 pub mod runtime;
 pub mod service;
 pub mod shard;
+pub mod store;
 pub mod transport;

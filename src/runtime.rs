@@ -81,7 +81,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
         event_txs.push(t);
         event_rxs.push(r);
     }
-    let service = service::start(req_rx, event_txs)?;
+    let service = service::start(req_rx, event_txs, cfg.store.clone())?;
 
     let cpus = std::thread::available_parallelism()
         .map(|c| c.get())

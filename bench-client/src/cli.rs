@@ -27,6 +27,34 @@ pub enum Command {
     Pingpong(PingpongArgs),
     /// Open C idle connections, keep them alive with heartbeats, measure RSS.
     Hold(HoldArgs),
+    /// W writers, each with one STATE_PUT in flight: acknowledged writes per
+    /// second and the time from STATE_PUT to its STATE_ACK.
+    State(StateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StateArgs {
+    /// Gateway TCP address (127.0.0.0/8 only).
+    #[arg(long)]
+    pub tcp: String,
+    /// Writer connections, each keeping one STATE_PUT in flight.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=19_900))]
+    pub writers: u32,
+    /// State blob bytes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=65_536))]
+    pub payload: u32,
+    /// Measured time, after the warmup.
+    #[arg(long = "duration-s", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_s: u64,
+    /// Writes before measuring starts.
+    #[arg(long = "warmup-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub warmup_s: u64,
+    /// Longest wait for one STATE_ACK; a write still unacknowledged then is
+    /// reported as timed out and its writer stops.
+    #[arg(long = "ack-timeout-s", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub ack_timeout_s: u64,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -15,6 +15,7 @@
 //!   cancel-safe receive; used by `hold` and for `pingpong` setup.
 //! - `pingpong.rs`: pairs that echo DATA, throughput and round-trip times.
 //! - `hold.rs`: many idle connections, heartbeats, gateway memory per connection.
+//! - `state.rs`: writers storing state, acknowledged writes and ack latency.
 //! - `report.rs`: counters, latency percentiles, table and JSON line.
 //! - `sys.rs`: open-file limit and `/proc/PID/status` RSS.
 
@@ -24,6 +25,7 @@ mod hold;
 mod pingpong;
 mod proto;
 mod report;
+mod state;
 mod sys;
 mod ws;
 
@@ -74,6 +76,18 @@ fn main() -> anyhow::Result<()> {
             }
             (args.common, Job::Hold(cfg))
         }
+        Command::State(args) => {
+            sys::check_fd_budget(u64::from(args.writers), nofile)?;
+            let cfg = state::StateConfig {
+                shared: args.common.shared(&args.tcp)?,
+                writers: args.writers,
+                payload: args.payload as usize,
+                duration: Duration::from_secs(args.duration_s),
+                warmup: Duration::from_secs(args.warmup_s),
+                ack_timeout: Duration::from_secs(args.ack_timeout_s),
+            };
+            (args.common, Job::State(cfg))
+        }
     };
     let mut builder = LocalExecutorBuilder::new(Placement::Fixed(common.cpu))
         .name("bench-client")
@@ -92,6 +106,7 @@ fn main() -> anyhow::Result<()> {
 enum Job {
     Pingpong(pingpong::PingpongConfig),
     Hold(hold::HoldConfig),
+    State(state::StateConfig),
 }
 
 impl Job {
@@ -104,6 +119,10 @@ impl Job {
             Job::Hold(cfg) => {
                 let r = hold::run(cfg).await?;
                 report::emit("hold", &r.table, &r.json);
+            }
+            Job::State(cfg) => {
+                let r = state::run(cfg).await?;
+                report::emit("state", &r.table, &r.json);
             }
         }
         Ok(())

@@ -30,6 +30,8 @@ pub mod kind {
     pub const WELCOME: u8 = 0x02;
     pub const HEARTBEAT: u8 = 0x03;
     pub const DATA: u8 = 0x10;
+    pub const STATE_PUT: u8 = 0x30;
+    pub const STATE_ACK: u8 = 0x31;
     pub const ERROR: u8 = 0x7F;
 }
 

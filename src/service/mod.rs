@@ -1,14 +1,18 @@
 //! The service shard: one thread outside the connection shards, running a
 //! tokio current-thread runtime (the store's MySQL driver needs tokio). It
-//! answers time sync, and it turns SIGTERM/SIGINT into a shutdown of every
-//! shard.
+//! answers time sync, batches state writes into the store (`state`), and
+//! turns SIGTERM/SIGINT into a graceful shutdown of every shard.
 //!
 //! Shards reach it over one bounded tokio channel (`try_send`, never
 //! blocking a shard); it answers each shard over that shard's own bounded
 //! channel, one batch per wakeup.
 
+mod state;
+
 use crate::shard::msg::{ServiceEvent, ServiceReq};
+use state::StateService;
 use std::thread::JoinHandle;
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -41,11 +45,13 @@ impl Service {
 }
 
 /// Starts the service thread. It runs until [`Service::stop`] or until every
-/// request sender (one per shard) is dropped. Returns once its signal handlers are installed, so a
-/// signal that arrives after this returns triggers a graceful shutdown.
+/// request sender (one per shard) is dropped. Returns once its signal handlers
+/// are installed, so a signal that arrives after this returns triggers a
+/// graceful shutdown.
 pub fn start(
     requests: mpsc::Receiver<ServiceReq>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
+    store: crate::config::Store,
 ) -> std::io::Result<Service> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
@@ -62,7 +68,7 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(run(requests, shards, ready_tx, stop_rx));
+            rt.block_on(run(requests, shards, store, ready_tx, stop_rx));
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(Service { thread, stop }),
@@ -71,9 +77,13 @@ pub fn start(
     }
 }
 
+/// Far enough in the future to mean "no timer".
+const NO_WAKE: Duration = Duration::from_secs(3600);
+
 async fn run(
     mut requests: mpsc::Receiver<ServiceReq>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
+    store: crate::config::Store,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -86,40 +96,84 @@ async fn run(
             return;
         }
     };
+    let shutdown_flush = Duration::from_millis(store.shutdown_flush_ms);
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+    let mut state = StateService::new(store, shards.clone(), got_tx);
+    tracing::info!(store = %state.describe(), "state store configured");
+    let mut tasks = Tasks {
+        open: state.ensure_open(),
+        commit: None,
+    };
     let _ = ready.send(Ok(()));
     let mut batch = Vec::with_capacity(BATCH_MAX);
-    let mut replies: Vec<Vec<ServiceEvent>> = shards.iter().map(|_| Vec::new()).collect();
     let mut shutting_down = false;
     loop {
+        let wake = state
+            .next_wake_ms()
+            .map(|ms| state.service_ms_to_instant(ms))
+            .unwrap_or_else(|| tokio::time::Instant::now() + NO_WAKE);
         tokio::select! {
             _ = &mut stop => break,
             n = requests.recv_many(&mut batch, BATCH_MAX) => {
                 if n == 0 {
                     break;
                 }
-                answer(&mut batch, &mut replies, &shards).await;
+                handle(&mut batch, &mut state);
             }
+            r = async { tasks.commit.as_mut().expect("guarded").await }, if tasks.commit.is_some() => {
+                tasks.commit = None;
+                state.committed(r);
+            }
+            r = async { tasks.open.as_mut().expect("guarded").await }, if tasks.open.is_some() => {
+                tasks.open = None;
+                state.opened(r);
+            }
+            Some(r) = got_rx.recv() => state.got(r),
+            _ = tokio::time::sleep_until(wake) => {}
             _ = sigterm.recv(), if !shutting_down => {
                 tracing::info!("SIGTERM: shutting down");
                 shutting_down = true;
-                broadcast_shutdown(&shards).await;
+                shut_down(&mut state, &mut tasks, &mut requests, &shards, shutdown_flush).await;
             }
             _ = sigint.recv(), if !shutting_down => {
                 tracing::info!("SIGINT: shutting down");
                 shutting_down = true;
-                broadcast_shutdown(&shards).await;
+                shut_down(&mut state, &mut tasks, &mut requests, &shards, shutdown_flush).await;
             }
+        }
+        tasks.start(&mut state, false);
+        state.send_replies().await;
+    }
+    if let Some(t) = tasks.open.take() {
+        t.abort();
+    }
+    if let Some(t) = tasks.commit.take() {
+        // Stopping now (every shard is gone): wait for the batch on its way.
+        state.committed(t.await);
+    }
+    state.close().await;
+}
+
+/// The store work in progress, owned by the service loop.
+struct Tasks {
+    open: Option<state::OpenTask>,
+    commit: Option<state::CommitTask>,
+}
+
+impl Tasks {
+    /// Opens the store or starts a commit when one is due.
+    fn start(&mut self, state: &mut StateService, force: bool) {
+        if self.open.is_none() {
+            self.open = state.ensure_open();
+        }
+        if self.commit.is_none() {
+            self.commit = state.maybe_commit(force);
         }
     }
 }
 
-/// Answers one batch of requests: t1 is stamped when the batch is taken,
-/// t2 just before the replies leave.
-async fn answer(
-    batch: &mut Vec<ServiceReq>,
-    replies: &mut [Vec<ServiceEvent>],
-    shards: &[mpsc::Sender<Vec<ServiceEvent>>],
-) {
+/// Handles one batch of requests from the shards.
+fn handle(batch: &mut Vec<ServiceReq>, state: &mut StateService) {
     let t1 = now_us();
     for req in batch.drain(..) {
         match req {
@@ -128,41 +182,72 @@ async fn answer(
                 conn,
                 id,
                 t0,
-            } => {
-                if let Some(out) = replies.get_mut(shard as usize) {
-                    out.push(ServiceEvent::TimeResp {
-                        conn,
-                        id,
-                        t0,
-                        t1,
-                        t2: 0,
-                    });
-                }
-            }
-        }
-    }
-    let t2 = now_us();
-    for (shard, out) in replies.iter_mut().enumerate() {
-        if out.is_empty() {
-            continue;
-        }
-        for ev in out.iter_mut() {
-            if let ServiceEvent::TimeResp { t2: slot, .. } = ev {
-                *slot = t2;
-            }
-        }
-        let events = std::mem::take(out);
-        // Waiting here is the service's own backpressure; shards never wait
-        // on the service.
-        if shards[shard].send(events).await.is_err() {
-            tracing::debug!(shard, "shard gone; dropping its time replies");
+            } => state.time_reply(shard, conn, id, t0, t1),
+            ServiceReq::StatePut { from, addr, blob } => state.put(from, addr, blob),
+            ServiceReq::StateGet { from, addr } => state.get(from, addr),
+            ServiceReq::Presence {
+                addr,
+                online,
+                at_us,
+                peer,
+            } => state.presence(addr, online, at_us, peer),
         }
     }
 }
 
-async fn broadcast_shutdown(shards: &[mpsc::Sender<Vec<ServiceEvent>>]) {
+/// The graceful shutdown: shards stop accepting; the queued writes are
+/// committed (within the deadline) and acknowledged; then every shard tells
+/// its clients and closes them.
+async fn shut_down(
+    state: &mut StateService,
+    tasks: &mut Tasks,
+    requests: &mut mpsc::Receiver<ServiceReq>,
+    shards: &[mpsc::Sender<Vec<ServiceEvent>>],
+    deadline: Duration,
+) {
+    broadcast(shards, ServiceEvent::StopAccepting).await;
+    let until = tokio::time::Instant::now() + deadline;
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while tokio::time::Instant::now() < until {
+        // Writes already on their way from the shards still count.
+        while let Ok(req) = requests.try_recv() {
+            batch.push(req);
+        }
+        handle(&mut batch, state);
+        if state.is_idle() && tasks.commit.is_none() {
+            break;
+        }
+        tasks.start(state, true);
+        tokio::select! {
+            r = async { tasks.commit.as_mut().expect("guarded").await }, if tasks.commit.is_some() => {
+                tasks.commit = None;
+                state.committed(r);
+            }
+            r = async { tasks.open.as_mut().expect("guarded").await }, if tasks.open.is_some() => {
+                tasks.open = None;
+                state.opened(r);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        state.send_replies().await;
+    }
+    state.send_replies().await;
+    if !state.is_idle() {
+        tracing::error!(
+            queued = state.queued(),
+            "shutdown deadline passed with state writes not committed; they were not acknowledged"
+        );
+    }
+    broadcast(shards, ServiceEvent::Shutdown).await;
+}
+
+async fn broadcast(shards: &[mpsc::Sender<Vec<ServiceEvent>>], ev: ServiceEvent) {
     for (i, tx) in shards.iter().enumerate() {
-        if tx.send(vec![ServiceEvent::Shutdown]).await.is_err() {
+        let ev = match &ev {
+            ServiceEvent::StopAccepting => ServiceEvent::StopAccepting,
+            _ => ServiceEvent::Shutdown,
+        };
+        if tx.send(vec![ev]).await.is_err() {
             tracing::debug!(shard = i, "shard already gone at shutdown");
         }
     }

@@ -2,7 +2,7 @@
 //! service event. Transports decode bytes into frames and call `on_frame`.
 
 use super::conn::{Conn, Form, State, Wire};
-use super::msg::{Batch, Handover, Msg, ServiceEvent, ServiceReq};
+use super::msg::{Batch, Handover, Msg, Origin, ServiceEvent, ServiceReq};
 use super::state::{Class, Sent, ShardState};
 use crate::proto::{self, ErrorCode, Header, Kind};
 use crate::routing::{ConnKey, SubRef};
@@ -106,18 +106,51 @@ impl ShardState {
                 }
                 Flow::Continue
             }
-            Kind::StatePut | Kind::StateGet => {
-                self.send_error(
-                    key,
-                    reply,
-                    header.id,
-                    ErrorCode::StoreUnavailable,
-                    "this gateway runs without a state store",
-                );
+            Kind::StatePut => {
+                let from = self.origin(key, header.id);
+                let req = ServiceReq::StatePut {
+                    from,
+                    addr: header.src,
+                    blob: payload.to_vec(),
+                };
+                if self.service.try_send(req).is_err() {
+                    self.send_error(
+                        key,
+                        reply,
+                        header.id,
+                        ErrorCode::StoreUnavailable,
+                        "state queue full",
+                    );
+                }
+                Flow::Continue
+            }
+            Kind::StateGet => {
+                let from = self.origin(key, header.id);
+                let req = ServiceReq::StateGet {
+                    from,
+                    addr: proto::read_address(payload),
+                };
+                if self.service.try_send(req).is_err() {
+                    self.send_error(
+                        key,
+                        reply,
+                        header.id,
+                        ErrorCode::StoreUnavailable,
+                        "state queue full",
+                    );
+                }
                 Flow::Continue
             }
             // `validate` lets only client kinds through.
             _ => unreachable!("validate returned a gateway-only kind"),
+        }
+    }
+
+    fn origin(&self, conn: ConnKey, id: u64) -> Origin {
+        Origin {
+            shard: self.id as u16,
+            conn,
+            id,
         }
     }
 
@@ -410,6 +443,14 @@ impl ShardState {
                     );
                 }
                 Msg::Handover(h) => self.adopt_handover(*h),
+                Msg::State {
+                    to,
+                    id,
+                    address,
+                    updated_at_us,
+                    online,
+                    blob,
+                } => self.send_state(to, id, address, updated_at_us, online, &blob),
             }
         }
         self.inbound[from].fetch_sub(bytes.len(), Ordering::Relaxed);
@@ -435,8 +476,96 @@ impl ShardState {
                     proto::encode_time_resp(b, dst, id, t0, t1, t2)
                 });
             }
+            ServiceEvent::StateAck {
+                conn,
+                id,
+                updated_at_us,
+            } => {
+                let Some(c) = self.conns.get(conn) else {
+                    return;
+                };
+                let form = c.form();
+                self.send_built(conn, form, |b, dst| {
+                    proto::encode_state_ack(b, dst, id, updated_at_us)
+                });
+            }
+            ServiceEvent::StateError { conn, id, code } => self.error_to(conn, id, code),
+            ServiceEvent::StateFound {
+                to,
+                addr,
+                updated_at_us,
+                blob,
+            } => {
+                let online = self.table.contains_key(&addr);
+                if to.shard as usize == self.id {
+                    self.send_state(to.conn, to.id, addr, updated_at_us, online, &blob);
+                } else {
+                    self.outbox_push(
+                        to.shard as usize,
+                        Msg::State {
+                            to: to.conn,
+                            id: to.id,
+                            address: addr,
+                            updated_at_us,
+                            online,
+                            blob,
+                        },
+                    );
+                }
+            }
+            ServiceEvent::StateCommitted {
+                addr,
+                updated_at_us,
+                blob,
+            } => self.publish_state(addr, updated_at_us, blob),
+            ServiceEvent::StopAccepting => self.accepting = false,
             ServiceEvent::Shutdown => self.begin_shutdown(),
         }
+    }
+
+    /// Pushes a committed state of `addr` (owned here) to its watchers.
+    fn publish_state(&mut self, addr: Uuid, updated_at_us: u64, blob: std::sync::Arc<[u8]>) {
+        let online = self.table.contains_key(&addr);
+        let n = self.subs.watchers(&addr).len();
+        for i in 0..n {
+            let w = self.subs.watchers(&addr)[i];
+            if w.shard as usize == self.id {
+                self.send_state(w.conn, 0, addr, updated_at_us, online, &blob);
+            } else {
+                self.outbox_push(
+                    w.shard as usize,
+                    Msg::State {
+                        to: w.conn,
+                        id: 0,
+                        address: addr,
+                        updated_at_us,
+                        online,
+                        blob: blob.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn send_state(
+        &mut self,
+        to: ConnKey,
+        id: u64,
+        address: Uuid,
+        updated_at_us: u64,
+        online: bool,
+        blob: &[u8],
+    ) {
+        let Some(conn) = self.conns.get(to) else {
+            return;
+        };
+        if conn.state != State::Open {
+            return;
+        }
+        let form = conn.form();
+        self.send_built(to, form, |b, dst| {
+            proto::encode_state(b, dst, id, address, updated_at_us, online, blob)
+        });
     }
 
     /// Bytes that arrived on `key` (read into the shard buffer or carried by

@@ -195,7 +195,7 @@ async fn ticker(shard: Rc<Shard>) {
             st.shutting_down && (st.conns.is_empty() || st.now_ms >= st.shutdown_deadline_ms)
         };
         shard.spawn_pending();
-        if shard.st.borrow().shutting_down {
+        if !shard.st.borrow().accepting {
             // Stop accepting: dropping an accept task cancels it and closes
             // its listener.
             shard.accepts.borrow_mut().clear();
@@ -223,7 +223,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, wire: Wire) {
 
 fn adopt(shard: &Rc<Shard>, stream: TcpStream, wire: Wire) {
     let mut st = shard.st.borrow_mut();
-    if st.shutting_down {
+    if !st.accepting {
         return;
     }
     if st.conns.len() >= st.cfg.limits.max_connections_per_shard {

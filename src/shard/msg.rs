@@ -3,6 +3,7 @@
 use crate::proto::ErrorCode;
 use crate::routing::ConnKey;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// What one shard sends another in one wakeup: messages in order, with the
@@ -56,6 +57,17 @@ pub enum Msg {
     Unsubscribe { watched: Uuid, sub: ConnKey },
     /// A connection that said HELLO on A for an address B owns.
     Handover(Box<Handover>),
+    /// STATE for connection `to` on B: the answer to its STATE_GET (`id`) or
+    /// a push to a subscriber (`id` 0). A (the owner of `address`) filled in
+    /// `online` from its live routing table.
+    State {
+        to: ConnKey,
+        id: u64,
+        address: Uuid,
+        updated_at_us: u64,
+        online: bool,
+        blob: Arc<[u8]>,
+    },
 }
 
 /// A socket moving to its owner shard, with everything read or queued for
@@ -94,6 +106,15 @@ impl Drop for Handover {
     }
 }
 
+/// A connection on a shard, as the service shard names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub shard: u16,
+    pub conn: ConnKey,
+    /// The id of the frame being answered.
+    pub id: u64,
+}
+
 /// A request from a connection shard to the service shard.
 #[derive(Debug)]
 pub enum ServiceReq {
@@ -102,6 +123,22 @@ pub enum ServiceReq {
         conn: ConnKey,
         id: u64,
         t0: u64,
+    },
+    /// STATE_PUT from `addr` (the registered address of `from`).
+    StatePut {
+        from: Origin,
+        addr: Uuid,
+        blob: Vec<u8>,
+    },
+    /// STATE_GET of `addr` from `from`.
+    StateGet { from: Origin, addr: Uuid },
+    /// An address came online or went offline (not on takeovers), for the
+    /// presence table.
+    Presence {
+        addr: Uuid,
+        online: bool,
+        at_us: u64,
+        peer: Option<std::net::SocketAddr>,
     },
 }
 
@@ -115,6 +152,36 @@ pub enum ServiceEvent {
         t1: u64,
         t2: u64,
     },
-    /// SIGTERM or SIGINT: stop accepting, tell every client, close, exit.
+    /// The write `id` of connection `conn` is committed.
+    StateAck {
+        conn: ConnKey,
+        id: u64,
+        updated_at_us: u64,
+    },
+    /// An ERROR for a state request (`not_found`, `store_unavailable`).
+    StateError {
+        conn: ConnKey,
+        id: u64,
+        code: crate::proto::ErrorCode,
+    },
+    /// To the owner shard of `addr`: the stored state a STATE_GET asked for;
+    /// the owner adds the live `online` flag and passes it on.
+    StateFound {
+        to: Origin,
+        addr: Uuid,
+        updated_at_us: u64,
+        blob: Arc<[u8]>,
+    },
+    /// To the owner shard of `addr`: a committed state update, for its
+    /// subscribers.
+    StateCommitted {
+        addr: Uuid,
+        updated_at_us: u64,
+        blob: Arc<[u8]>,
+    },
+    /// SIGTERM or SIGINT, first step: stop accepting connections.
+    StopAccepting,
+    /// SIGTERM or SIGINT, last step (after queued writes are committed and
+    /// acknowledged): tell every client, close, exit.
     Shutdown,
 }

@@ -83,6 +83,7 @@ pub struct Stats {
     pub timeouts: u64,
     pub errors_sent: u64,
     pub time_local_fallback: u64,
+    pub presence_unsaved: u64,
 }
 
 pub struct ShardState {
@@ -118,6 +119,8 @@ pub struct ShardState {
     pub payload_scratch: Vec<u8>,
     pub data_scratch: Vec<u8>,
     pub service: mpsc::Sender<ServiceReq>,
+    /// False once shutdown began: new connections are refused.
+    pub accepting: bool,
     pub shutting_down: bool,
     pub shutdown_deadline_ms: u64,
     pub stats: Stats,
@@ -162,6 +165,7 @@ impl ShardState {
             payload_scratch: Vec::new(),
             data_scratch: Vec::new(),
             service,
+            accepting: true,
             shutting_down: false,
             shutdown_deadline_ms: 0,
             stats: Stats::default(),
@@ -368,6 +372,7 @@ impl ShardState {
                 let at = now_us();
                 self.presence.went_offline(addr, at);
                 self.publish_presence(addr, false, at);
+                self.persist_presence(addr, false, at, None);
             }
         }
         for watched in watching {
@@ -431,6 +436,8 @@ impl ShardState {
             _ => {
                 self.presence.came_online(&addr);
                 self.publish_presence(addr, true, since);
+                let peer = self.conns.get(key).and_then(|c| c.stream.peer_addr().ok());
+                self.persist_presence(addr, true, since, peer);
             }
         }
         let (hb_ms, max) = (
@@ -443,6 +450,34 @@ impl ShardState {
     }
 
     // ----- presence and subscriptions -----------------------------------
+
+    /// Hands a presence change to the service shard for the presence table.
+    /// Live presence never depends on it; if the service queue is full the
+    /// record is skipped and counted.
+    fn persist_presence(
+        &mut self,
+        addr: Uuid,
+        online: bool,
+        at_us: u64,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        let req = ServiceReq::Presence {
+            addr,
+            online,
+            at_us,
+            peer,
+        };
+        if self.service.try_send(req).is_err() {
+            self.stats.presence_unsaved += 1;
+            if self.stats.presence_unsaved.is_power_of_two() {
+                tracing::warn!(
+                    shard = self.id,
+                    unsaved = self.stats.presence_unsaved,
+                    "service queue full; presence change not persisted"
+                );
+            }
+        }
+    }
 
     /// Tells every watcher of `addr` (which this shard owns) about a change.
     pub fn publish_presence(&mut self, addr: Uuid, online: bool, at_us: u64) {
@@ -686,6 +721,7 @@ impl ShardState {
             return;
         }
         self.shutting_down = true;
+        self.accepting = false;
         self.tick_clock();
         self.shutdown_deadline_ms = self.now_ms + self.cfg.timeouts.shutdown_deadline_ms as u64;
         for key in self.conns.keys() {

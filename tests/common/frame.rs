@@ -120,6 +120,18 @@ pub struct Presence {
     pub at_us: u64,
 }
 
+/// STATE payload: `address [16]`, `updated_at_us u64`, `online u8`, blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    pub address: Uuid,
+    pub updated_at_us: u64,
+    pub online: u8,
+    pub blob: Vec<u8>,
+}
+
+/// Size of the fixed part of a STATE payload before the blob.
+pub const STATE_PREFIX_BYTES: usize = 25;
+
 /// Encodes a header whose `len` may disagree with what follows, for tests
 /// that lie to the gateway.
 #[allow(clippy::too_many_arguments)] // one argument per header field reads best here
@@ -262,6 +274,35 @@ impl Frame {
             t0: be_u64(&self.payload[0..8]),
             t1: be_u64(&self.payload[8..16]),
             t2: be_u64(&self.payload[16..24]),
+        }
+    }
+
+    /// STATE_ACK payload, which must be exactly the 8-byte `updated_at_us`.
+    pub fn state_ack(&self) -> u64 {
+        assert_eq!(
+            self.kind,
+            kind::STATE_ACK,
+            "not a STATE_ACK frame: {self:?}"
+        );
+        assert_eq!(self.payload.len(), 8, "STATE_ACK payload size");
+        be_u64(&self.payload)
+    }
+
+    /// STATE payload: at least 25 bytes, `online` 0 or 1, the rest the blob.
+    pub fn state(&self) -> State {
+        assert_eq!(self.kind, kind::STATE, "not a STATE frame: {self:?}");
+        assert!(
+            self.payload.len() >= STATE_PREFIX_BYTES,
+            "STATE payload is {} bytes, shorter than its {STATE_PREFIX_BYTES}-byte prefix",
+            self.payload.len()
+        );
+        let online = self.payload[24];
+        assert!(online <= 1, "STATE online byte is {online}");
+        State {
+            address: uuid_at(&self.payload[0..16]),
+            updated_at_us: be_u64(&self.payload[16..24]),
+            online,
+            blob: self.payload[STATE_PREFIX_BYTES..].to_vec(),
         }
     }
 

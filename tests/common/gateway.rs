@@ -49,6 +49,8 @@ pub struct Gateway {
     pub shards: usize,
     config: String,
     config_path: PathBuf,
+    /// The embedded store's directory when the harness chose it.
+    data_dir: Option<PathBuf>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stdout_extra: Arc<Mutex<Vec<String>>>,
     status: Option<ExitStatus>,
@@ -58,8 +60,23 @@ impl Gateway {
     /// Starts a gateway with the base config overridden by `extra`, a TOML
     /// fragment such as `"[runtime]\nshards = 3"`, and waits until it is ready.
     pub fn start(extra: &str) -> Gateway {
+        Gateway::start_with_env(extra, &[])
+    }
+
+    /// Like `start`, with changes to the child's environment: `Some` sets a
+    /// variable, `None` removes it (for example `GATEWAY_MYSQL_URL`, which
+    /// overrides the config file's store).
+    pub fn start_with_env(extra: &str, env: &[(&str, Option<&str>)]) -> Gateway {
         raise_fd_limit();
-        let config = merge_config(extra);
+        // Each gateway gets its own embedded store, removed when it is dropped,
+        // unless the test names one (to restart a gateway on the same data).
+        let data_dir = std::env::temp_dir().join(format!(
+            "uring-gateway-test-data-{}-{}",
+            std::process::id(),
+            CONFIG_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let own_data_dir = !extra.contains("data_dir");
+        let config = merge_config(extra, &data_dir);
         let config_path = std::env::temp_dir().join(format!(
             "uring-gateway-test-{}-{}.toml",
             std::process::id(),
@@ -67,7 +84,14 @@ impl Gateway {
         ));
         fs::write(&config_path, &config).expect("write gateway config");
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        for (key, value) in env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .env("RUST_BACKTRACE", "1")
@@ -117,6 +141,7 @@ impl Gateway {
             shards: 0,
             config,
             config_path,
+            data_dir: own_data_dir.then_some(data_dir),
             stderr_tail,
             stdout_extra,
             status: None,
@@ -237,6 +262,9 @@ impl Drop for Gateway {
             );
         }
         let _ = fs::remove_file(&self.config_path);
+        if let Some(dir) = &self.data_dir {
+            let _ = fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -253,7 +281,7 @@ fn parse_addrs(value: &str, line: &str) -> Vec<SocketAddr> {
 /// Overrides the base config key by key with a small TOML fragment of
 /// `[section]` headers and `key = value` lines. TOML forbids repeating a
 /// table, so the two cannot simply be concatenated.
-fn merge_config(extra: &str) -> String {
+fn merge_config(extra: &str, data_dir: &std::path::Path) -> String {
     let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
     let mut set = |section: &str, key: &str, value: &str| {
         let index = match sections.iter().position(|(name, _)| name == section) {
@@ -272,6 +300,11 @@ fn merge_config(extra: &str) -> String {
     for (section, key, value) in BASE_CONFIG {
         set(section, key, value);
     }
+    set(
+        "store",
+        "data_dir",
+        &format!("{:?}", data_dir.display().to_string()),
+    );
     let mut section = String::new();
     for line in extra.lines() {
         let line = line.trim();

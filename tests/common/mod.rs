@@ -14,6 +14,8 @@
 //! - `tcp.rs`: a blocking TCP client with a deadline on every read and write.
 //! - `ws.rs`: a WebSocket client over tungstenite, binary and JSON text modes.
 //! - `json.rs`: JSON field helpers and a small base64 codec.
+//! - `mariadb.rs`: the `mysql` command line client, a MariaDB server of the
+//!   test's own for fault injection, temporary directories.
 //!
 //! Every network call has a timeout, every loop has a bound, and every socket
 //! is on 127.0.0.1.
@@ -25,6 +27,7 @@
 pub mod frame;
 pub mod gateway;
 pub mod json;
+pub mod mariadb;
 pub mod tcp;
 pub mod ws;
 
@@ -32,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-pub use frame::{code, kind, Frame, Presence, TimeResp, Welcome, NIL};
+pub use frame::{code, kind, Frame, Presence, State, TimeResp, Welcome, NIL};
 pub use gateway::Gateway;
 pub use tcp::{Event, TcpClient};
 pub use ws::{WsClient, WsEvent};

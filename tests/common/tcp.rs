@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::frame::{self, code, kind, Frame, Presence, Welcome, NIL};
+use super::frame::{self, code, kind, Frame, Presence, State, Welcome, NIL};
 use super::{random_id, RECV_TIMEOUT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -282,6 +282,44 @@ impl TcpClient {
                 }
             }
         }
+    }
+
+    /// Sends STATE_PUT `id` with `blob` as this connection's state.
+    pub fn state_put(&mut self, id: u64, blob: &[u8]) {
+        self.send(kind::STATE_PUT, self.addr, NIL, id, blob);
+    }
+
+    /// Sends STATE_PUT and waits up to `timeout` for its STATE_ACK, which
+    /// must be the next frame; returns `updated_at_us`.
+    pub fn put_acked_within(&mut self, id: u64, blob: &[u8], timeout: Duration) -> u64 {
+        self.state_put(id, blob);
+        let frame = self.recv_within(timeout);
+        assert_eq!(
+            frame.kind,
+            kind::STATE_ACK,
+            "answer to STATE_PUT id {id}: {frame:?}"
+        );
+        assert_eq!(frame.id, id, "id of STATE_ACK {frame:?}");
+        frame.state_ack()
+    }
+
+    /// STATE_PUT and its STATE_ACK within the default 5 s.
+    pub fn put_acked(&mut self, id: u64, blob: &[u8]) -> u64 {
+        self.put_acked_within(id, blob, RECV_TIMEOUT)
+    }
+
+    /// Sends STATE_GET `id` for `target`.
+    pub fn state_get(&mut self, target: Uuid, id: u64) {
+        self.send(kind::STATE_GET, self.addr, NIL, id, target.as_bytes());
+    }
+
+    /// STATE_GET whose answer must be the next frame, a STATE for `target`
+    /// echoing `id`.
+    pub fn get_state(&mut self, target: Uuid, id: u64) -> State {
+        self.state_get(target, id);
+        let state = self.expect_frame(kind::STATE, id).state();
+        assert_eq!(state.address, target, "STATE address");
+        state
     }
 
     pub fn local_addr(&self) -> SocketAddr {

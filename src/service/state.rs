@@ -1,0 +1,556 @@
+//! State writes on the service shard: a bounded queue of STATE_PUTs from
+//! every connection shard, committed in batches (one multi-row upsert per
+//! table inside one transaction), acknowledged only after the commit. While
+//! the database fails, writes stay queued and the batch is retried with
+//! backoff; past the queue bound a writer is told `store_unavailable` at once.
+//! Presence changes ride along in the same transactions.
+
+use super::now_us;
+use crate::config;
+use crate::proto::ErrorCode;
+use crate::routing::owner_shard;
+use crate::shard::msg::{Origin, ServiceEvent};
+use crate::store::policy::{Backoff, BatchPolicy};
+use crate::store::{PresenceRow, StateRow, Store, StoreConfig, StoreError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// STATE_GETs that may wait for the database at once; more are answered
+/// `store_unavailable`.
+const GETS_IN_FLIGHT_MAX: usize = 1024;
+
+/// A STATE_PUT waiting for its batch.
+struct Pending {
+    from: Origin,
+    addr: Uuid,
+    blob: Vec<u8>,
+    updated_at_us: u64,
+    queued_ms: u64,
+}
+
+/// A batch on its way to the database.
+pub struct Batch {
+    writes: Vec<Pending>,
+    presence: Vec<PresenceRow>,
+}
+
+pub type CommitTask = JoinHandle<(Result<(), StoreError>, Batch)>;
+pub type OpenTask = JoinHandle<Result<Store, StoreError>>;
+
+/// What a STATE_GET that went to the database found.
+pub struct GetResult {
+    from: Origin,
+    addr: Uuid,
+    found: Result<Option<(Vec<u8>, u64)>, StoreError>,
+}
+
+/// Committed states kept in memory. Bounded: when full, the older half is
+/// forgotten (those addresses are read from the database again).
+struct Cache {
+    map: HashMap<Uuid, (Arc<[u8]>, u64, u64)>,
+    seq: u64,
+    cap: usize,
+}
+
+impl Cache {
+    fn get(&self, addr: &Uuid) -> Option<(Arc<[u8]>, u64)> {
+        self.map.get(addr).map(|(b, at, _)| (b.clone(), *at))
+    }
+
+    /// Keeps the newer of what is cached and `blob`.
+    fn put(&mut self, addr: Uuid, blob: Arc<[u8]>, updated_at_us: u64) {
+        if self.cap == 0 {
+            return;
+        }
+        if let Some((_, at, _)) = self.map.get(&addr) {
+            if *at > updated_at_us {
+                return;
+            }
+        } else if self.map.len() >= self.cap {
+            let cut = self.seq - (self.map.len() as u64) / 2;
+            self.map.retain(|_, (_, _, seq)| *seq > cut);
+        }
+        self.seq += 1;
+        self.map.insert(addr, (blob, updated_at_us, self.seq));
+    }
+}
+
+pub struct StateService {
+    cfg: config::Store,
+    store_cfg: StoreConfig,
+    shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
+    store: Option<Arc<Store>>,
+    /// A `Store::open` is running (the loop holds its task).
+    opening: bool,
+    /// A batch is being committed (the loop holds its task).
+    committing: bool,
+    queue: VecDeque<Pending>,
+    presence: HashMap<Uuid, PresenceRow>,
+    cache: Cache,
+    policy: BatchPolicy,
+    backoff: Backoff,
+    /// While the database fails: no new attempt before this (service clock).
+    retry_at_ms: Option<u64>,
+    gets_in_flight: usize,
+    got_tx: mpsc::UnboundedSender<GetResult>,
+    epoch: Instant,
+    /// Replies gathered per shard, sent once per wakeup.
+    replies: Vec<Vec<ServiceEvent>>,
+    failing_since: Option<Instant>,
+    pub committed_rows: u64,
+}
+
+impl StateService {
+    pub fn new(
+        cfg: config::Store,
+        shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
+        got_tx: mpsc::UnboundedSender<GetResult>,
+    ) -> Self {
+        let store_cfg = store_config(&cfg);
+        let replies = shards.iter().map(|_| Vec::new()).collect();
+        StateService {
+            policy: BatchPolicy {
+                max_rows: cfg.batch_rows,
+                max_delay_ms: cfg.batch_interval_ms,
+            },
+            backoff: Backoff::new(cfg.retry_initial_ms, cfg.retry_max_ms),
+            cache: Cache {
+                map: HashMap::new(),
+                seq: 0,
+                cap: cfg.cache_entries,
+            },
+            cfg,
+            store_cfg,
+            shards,
+            store: None,
+            opening: false,
+            committing: false,
+            queue: VecDeque::new(),
+            presence: HashMap::new(),
+            retry_at_ms: None,
+            gets_in_flight: 0,
+            got_tx,
+            epoch: Instant::now(),
+            replies,
+            failing_since: None,
+            committed_rows: 0,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.store_cfg {
+            StoreConfig::Mysql { url, .. } => format!("mysql {}", redact(url)),
+            StoreConfig::Sqlite { data_dir } => format!("sqlite {}", data_dir.display()),
+        }
+    }
+
+    // ----- requests -----------------------------------------------------
+
+    pub fn put(&mut self, from: Origin, addr: Uuid, blob: Vec<u8>) {
+        if self.queue.len() >= self.cfg.queue_capacity {
+            self.reply(
+                from.shard,
+                ServiceEvent::StateError {
+                    conn: from.conn,
+                    id: from.id,
+                    code: ErrorCode::StoreUnavailable,
+                },
+            );
+            return;
+        }
+        let queued_ms = self.now_ms();
+        self.queue.push_back(Pending {
+            from,
+            addr,
+            blob,
+            updated_at_us: now_us(),
+            queued_ms,
+        });
+    }
+
+    pub fn get(&mut self, from: Origin, addr: Uuid) {
+        if let Some((blob, at)) = self.cache.get(&addr) {
+            self.found(from, addr, blob, at);
+            return;
+        }
+        let Some(store) = self.store.clone() else {
+            self.state_error(from, ErrorCode::StoreUnavailable);
+            return;
+        };
+        if self.gets_in_flight >= GETS_IN_FLIGHT_MAX {
+            self.state_error(from, ErrorCode::StoreUnavailable);
+            return;
+        }
+        self.gets_in_flight += 1;
+        let tx = self.got_tx.clone();
+        tokio::spawn(async move {
+            let found = store
+                .get_state(addr)
+                .await
+                .map(|o| o.map(|s| (s.blob, s.updated_at_us)));
+            let _ = tx.send(GetResult { from, addr, found });
+        });
+    }
+
+    pub fn got(&mut self, r: GetResult) {
+        self.gets_in_flight -= 1;
+        match r.found {
+            Ok(Some((blob, at))) => {
+                self.cache.put(r.addr, blob.into(), at);
+                // The cache holds the newer of the database's answer and a
+                // commit that landed meanwhile.
+                let (blob, at) = self.cache.get(&r.addr).expect("just cached");
+                self.found(r.from, r.addr, blob, at);
+            }
+            Ok(None) => match self.cache.get(&r.addr) {
+                Some((blob, at)) => self.found(r.from, r.addr, blob, at),
+                None => self.state_error(r.from, ErrorCode::NotFound),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "state read failed");
+                self.state_error(r.from, ErrorCode::StoreUnavailable);
+            }
+        }
+    }
+
+    pub fn presence(
+        &mut self,
+        addr: Uuid,
+        online: bool,
+        at_us: u64,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        // One pending row per address: the latest change wins, and the table
+        // stays bounded by the number of addresses.
+        if self.presence.len() >= self.cfg.queue_capacity && !self.presence.contains_key(&addr) {
+            tracing::warn!("presence queue full; change not persisted");
+            return;
+        }
+        self.presence.insert(
+            addr,
+            PresenceRow {
+                addr,
+                online,
+                at_us,
+                peer: peer.map(|p| p.to_string()),
+            },
+        );
+    }
+
+    /// TIME_RESP for a TIME_REQ taken at `t1`; `t2` is stamped now, as the
+    /// answer joins this wakeup's outgoing batch.
+    pub fn time_reply(
+        &mut self,
+        shard: u16,
+        conn: crate::routing::ConnKey,
+        id: u64,
+        t0: u64,
+        t1: u64,
+    ) {
+        let t2 = now_us();
+        self.reply(
+            shard,
+            ServiceEvent::TimeResp {
+                conn,
+                id,
+                t0,
+                t1,
+                t2,
+            },
+        );
+    }
+
+    fn found(&mut self, from: Origin, addr: Uuid, blob: Arc<[u8]>, updated_at_us: u64) {
+        // The owner shard of `addr` adds the live online flag.
+        let owner = owner_shard(&addr, self.shards.len()) as u16;
+        self.reply(
+            owner,
+            ServiceEvent::StateFound {
+                to: from,
+                addr,
+                updated_at_us,
+                blob,
+            },
+        );
+    }
+
+    fn state_error(&mut self, from: Origin, code: ErrorCode) {
+        self.reply(
+            from.shard,
+            ServiceEvent::StateError {
+                conn: from.conn,
+                id: from.id,
+                code,
+            },
+        );
+    }
+
+    fn reply(&mut self, shard: u16, ev: ServiceEvent) {
+        if let Some(out) = self.replies.get_mut(shard as usize) {
+            out.push(ev);
+        }
+    }
+
+    /// Sends what this wakeup produced, one batch per shard.
+    pub async fn send_replies(&mut self) {
+        for (shard, out) in self.replies.iter_mut().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            let events = std::mem::take(out);
+            if self.shards[shard].send(events).await.is_err() {
+                tracing::debug!(shard, "shard gone; dropping its state replies");
+            }
+        }
+    }
+
+    // ----- the database -------------------------------------------------
+
+    /// Starts opening the store if it is not open and no attempt is due later.
+    pub fn ensure_open(&mut self) -> Option<OpenTask> {
+        if self.store.is_some() || self.opening {
+            return None;
+        }
+        if self.retry_at_ms.is_some_and(|t| t > self.now_ms()) {
+            return None;
+        }
+        self.opening = true;
+        let cfg = self.store_cfg.clone();
+        Some(tokio::spawn(async move { Store::open(&cfg).await }))
+    }
+
+    pub fn opened(&mut self, r: Result<Result<Store, StoreError>, tokio::task::JoinError>) {
+        self.opening = false;
+        match r {
+            Ok(Ok(store)) => {
+                tracing::info!(store = %self.describe(), "state store open");
+                self.store = Some(Arc::new(store));
+                self.recovered();
+            }
+            Ok(Err(e)) => self.failed(&e.to_string()),
+            Err(e) => self.failed(&e.to_string()),
+        }
+    }
+
+    /// Starts a commit when the batch policy says so and nothing is in the
+    /// way (one batch at a time, so writes to one address commit in order).
+    pub fn maybe_commit(&mut self, force: bool) -> Option<CommitTask> {
+        if self.committing || self.queue.is_empty() && self.presence.is_empty() {
+            return None;
+        }
+        let now = self.now_ms();
+        if self.retry_at_ms.is_some_and(|t| t > now) {
+            return None;
+        }
+        let store = self.store.clone()?;
+        let rows = self.queue.len() + self.presence.len();
+        let oldest = self.oldest_ms();
+        if !force && !self.policy.should_flush(rows, oldest, now) {
+            return None;
+        }
+        self.committing = true;
+        let take = self.queue.len().min(self.cfg.batch_rows);
+        let writes: Vec<Pending> = self.queue.drain(..take).collect();
+        let presence: Vec<PresenceRow> = self.presence.drain().map(|(_, r)| r).collect();
+        let batch = Batch { writes, presence };
+        Some(tokio::spawn(async move {
+            let states: Vec<StateRow> = batch
+                .writes
+                .iter()
+                .map(|w| StateRow {
+                    addr: w.addr,
+                    blob: w.blob.clone(),
+                    updated_at_us: w.updated_at_us,
+                })
+                .collect();
+            let r = store.commit(&states, &batch.presence).await;
+            (r, batch)
+        }))
+    }
+
+    fn oldest_ms(&self) -> Option<u64> {
+        match (self.queue.front(), self.presence.is_empty()) {
+            (Some(p), _) => Some(p.queued_ms),
+            // Presence rows carry no queue time; treat them as due now.
+            (None, false) => Some(self.now_ms().saturating_sub(self.cfg.batch_interval_ms)),
+            (None, true) => None,
+        }
+    }
+
+    /// A commit finished: acknowledge and publish, or put the batch back.
+    pub fn committed(
+        &mut self,
+        r: Result<(Result<(), StoreError>, Batch), tokio::task::JoinError>,
+    ) {
+        self.committing = false;
+        let (result, batch) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                // The task panicked: its rows are gone from memory. Nothing
+                // was acknowledged; say so loudly.
+                tracing::error!(error = %e, "state commit task failed");
+                return;
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.committed_rows += batch.writes.len() as u64;
+                self.recovered();
+                let n = self.shards.len();
+                for w in batch.writes {
+                    self.reply(
+                        w.from.shard,
+                        ServiceEvent::StateAck {
+                            conn: w.from.conn,
+                            id: w.from.id,
+                            updated_at_us: w.updated_at_us,
+                        },
+                    );
+                    let blob: Arc<[u8]> = w.blob.into();
+                    self.cache.put(w.addr, blob.clone(), w.updated_at_us);
+                    self.reply(
+                        owner_shard(&w.addr, n) as u16,
+                        ServiceEvent::StateCommitted {
+                            addr: w.addr,
+                            updated_at_us: w.updated_at_us,
+                            blob,
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                // Back to the front, in order; a newer presence row for the
+                // same address (queued meanwhile) wins over the retried one.
+                for w in batch.writes.into_iter().rev() {
+                    self.queue.push_front(w);
+                }
+                for row in batch.presence {
+                    self.presence.entry(row.addr).or_insert(row);
+                }
+                self.failed(&e.to_string());
+            }
+        }
+    }
+
+    fn failed(&mut self, error: &str) {
+        let delay = self.backoff.next_delay_ms();
+        self.retry_at_ms = Some(self.now_ms() + delay);
+        if self.failing_since.is_none() {
+            self.failing_since = Some(Instant::now());
+        }
+        tracing::warn!(store = %self.describe(), error, retry_in_ms = delay, queued = self.queue.len(), "state store failing; writes stay queued");
+    }
+
+    fn recovered(&mut self) {
+        self.retry_at_ms = None;
+        self.backoff.reset();
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(store = %self.describe(), down_ms = since.elapsed().as_millis() as u64, "state store back");
+        }
+    }
+
+    /// When the loop must wake up next for the store (a flush or a retry).
+    pub fn next_wake_ms(&self) -> Option<u64> {
+        if let Some(t) = self.retry_at_ms {
+            return Some(t);
+        }
+        if self.committing || self.store.is_none() {
+            return None;
+        }
+        let rows = self.queue.len() + self.presence.len();
+        self.policy.next_flush_at(rows, self.oldest_ms())
+    }
+
+    pub fn service_ms_to_instant(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.epoch + std::time::Duration::from_millis(ms))
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.presence.is_empty() && !self.committing
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Closes the store (after the last commit).
+    pub async fn close(&mut self) {
+        if let Some(store) = self.store.take() {
+            match Arc::try_unwrap(store) {
+                Ok(store) => store.close().await,
+                Err(_) => tracing::debug!("state reads still running at close"),
+            }
+        }
+    }
+}
+
+/// The store the configuration names; `GATEWAY_MYSQL_URL` wins over the file.
+pub fn store_config(cfg: &config::Store) -> StoreConfig {
+    let url = std::env::var("GATEWAY_MYSQL_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| cfg.mysql_url.clone());
+    if url.is_empty() {
+        StoreConfig::Sqlite {
+            data_dir: cfg.data_dir.clone(),
+        }
+    } else {
+        StoreConfig::Mysql {
+            url,
+            table_prefix: "gateway_".to_string(),
+        }
+    }
+}
+
+/// A URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact("mysql://root:secret@db:3306/x"),
+            "mysql://root:***@db:3306/x"
+        );
+        assert_eq!(redact("mysql://root@db:3306/x"), "mysql://root@db:3306/x");
+    }
+
+    #[test]
+    fn cache_keeps_the_newer_state_and_stays_bounded() {
+        let mut c = Cache {
+            map: HashMap::new(),
+            seq: 0,
+            cap: 10,
+        };
+        let a = Uuid::new_v4();
+        c.put(a, Arc::from(&b"new"[..]), 20);
+        c.put(a, Arc::from(&b"old"[..]), 10);
+        assert_eq!(&*c.get(&a).unwrap().0, b"new");
+        for i in 0..100u64 {
+            c.put(Uuid::new_v4(), Arc::from(&b"x"[..]), i);
+            assert!(c.map.len() <= 10);
+        }
+    }
+}
