@@ -106,9 +106,13 @@ pub struct Timeouts {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Service {
-    /// Requests queued from all shards to the service shard; a TIME_REQ that
-    /// finds it full is answered by the connection's own shard.
+    /// Requests one shard gathers for the service shard in one tick; a
+    /// TIME_REQ beyond it is answered by the connection's own shard, a state
+    /// request with `store_unavailable`.
     pub queue_capacity: usize,
+    /// Batches of requests (one per shard per tick) in flight to the service
+    /// shard.
+    pub queue_batches: usize,
     /// Replies queued from the service shard to one connection shard.
     pub reply_capacity: usize,
 }
@@ -124,6 +128,9 @@ pub struct Store {
     pub data_dir: std::path::PathBuf,
     /// A batch is committed once it has this many rows...
     pub batch_rows: usize,
+    /// ...and carries at most this many (a backlog that built up during the
+    /// previous commit goes out in one transaction).
+    pub batch_rows_max: usize,
     /// ...or once its oldest write has waited this long.
     pub batch_interval_ms: u64,
     /// State writes waiting to be committed; a write beyond this is answered
@@ -200,6 +207,7 @@ impl Default for Service {
     fn default() -> Self {
         Service {
             queue_capacity: 65_536,
+            queue_batches: 1024,
             reply_capacity: 65_536,
         }
     }
@@ -211,6 +219,7 @@ impl Default for Store {
             mysql_url: String::new(),
             data_dir: std::path::PathBuf::from("gateway-data"),
             batch_rows: 512,
+            batch_rows_max: 8192,
             batch_interval_ms: 5,
             queue_capacity: 262_144,
             cache_entries: 100_000,
@@ -278,11 +287,17 @@ impl Config {
         if self.runtime.read_buffer_bytes < 4096 {
             return bad("runtime.read_buffer_bytes must be at least 4096");
         }
-        if self.service.queue_capacity == 0 || self.service.reply_capacity == 0 {
+        if self.service.queue_capacity == 0
+            || self.service.queue_batches == 0
+            || self.service.reply_capacity == 0
+        {
             return bad("service queue capacities must be at least 1");
         }
         if self.store.batch_rows == 0 || self.store.queue_capacity == 0 {
             return bad("store.batch_rows and store.queue_capacity must be at least 1");
+        }
+        if self.store.batch_rows_max < self.store.batch_rows {
+            return bad("store.batch_rows_max must be at least store.batch_rows");
         }
         if self.store.retry_initial_ms == 0 || self.store.retry_max_ms < self.store.retry_initial_ms
         {

@@ -73,7 +73,8 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
         }
     }
 
-    let (req_tx, req_rx) = mpsc::channel(cfg.service.queue_capacity);
+    // Batches of requests, one per shard per tick at most.
+    let (req_tx, req_rx) = mpsc::channel(cfg.service.queue_batches);
     let mut event_txs = Vec::new();
     let mut event_rxs = Vec::new();
     for _ in 0..n {

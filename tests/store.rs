@@ -17,7 +17,10 @@
 //!   is the last one written;
 //! - on SIGTERM, every STATE_PUT a client had written to its open connection
 //!   before the signal is acknowledged before that connection's
-//!   `ERROR shutting_down`.
+//!   `ERROR shutting_down`;
+//! - rule 8 allows STATE_GET two answers, STATE or `not_found`; with the
+//!   database up, that holds from the ready line on (`store_unavailable` is
+//!   the answer to a write the store cannot take).
 
 mod common;
 
@@ -316,6 +319,37 @@ on_both_backends!(
     put_ack_get_across_shards,
     sqlite_put_ack_get_across_shards,
     mariadb_put_ack_get_across_shards
+);
+
+// ----- right after start -----------------------------------------------------------
+
+fn reads_and_writes_right_after_start(backend: &Backend) {
+    // A client that connects as soon as the gateway says it is ready.
+    let gw = backend.start("");
+    let mut client = TcpClient::hello(gw.tcp_addr(), Uuid::new_v4());
+    client.state_get(Uuid::new_v4(), 1);
+    let frame = client.recv();
+    assert_eq!(
+        (frame.kind, frame.id),
+        (kind::ERROR, 1),
+        "answer to STATE_GET: {frame:?}"
+    );
+    let (got, message) = frame.error();
+    assert_eq!(
+        got,
+        code::NOT_FOUND,
+        "STATE_GET of a never-stored address right after the ready line answered \
+         ERROR {got} ({message:?}), not not_found"
+    );
+    let at = client.put_acked(2, b"first");
+    let state = client.get_state(client.addr, 3);
+    assert_state("right after start", &state, client.addr, at, 1, b"first");
+}
+
+on_both_backends!(
+    reads_and_writes_right_after_start,
+    sqlite_reads_and_writes_right_after_start,
+    mariadb_reads_and_writes_right_after_start
 );
 
 // ----- not_found, arbitrary bytes ---------------------------------------------

@@ -118,7 +118,7 @@ fn json_hello_gets_json_welcome_with_named_fields() {
 /// also in `payload_b64`.
 fn text_payload(value: &Value) -> &str {
     assert!(
-        value.get("payload_b64").map_or(true, Value::is_null),
+        value.get("payload_b64").is_none_or(Value::is_null),
         "UTF-8 payload also sent as payload_b64: {value}"
     );
     get_str(value, "payload")
@@ -128,7 +128,7 @@ fn text_payload(value: &Value) -> &str {
 /// `payload`.
 fn b64_payload(value: &Value) -> Vec<u8> {
     assert!(
-        value.get("payload").map_or(true, Value::is_null),
+        value.get("payload").is_none_or(Value::is_null),
         "non-UTF-8 payload sent as payload: {value}"
     );
     b64_decode(get_str(value, "payload_b64"))

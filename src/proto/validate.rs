@@ -55,7 +55,7 @@ pub fn validate(
     let len_matches = usize::try_from(header.len).is_ok_and(|len| len == payload_len);
     let size_fits_kind = kind
         .fixed_payload_len()
-        .map_or(true, |fixed| fixed == payload_len);
+        .is_none_or(|fixed| fixed == payload_len);
     if !(len_matches && size_fits_kind) {
         return Err(ErrorCode::BadFrame);
     }

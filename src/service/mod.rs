@@ -17,8 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-/// Requests taken from the queue per wakeup.
-const BATCH_MAX: usize = 1024;
+/// Request batches (one per shard per tick) taken from the queue per wakeup.
+const BATCH_MAX: usize = 64;
 
 /// Unix time in microseconds.
 pub fn now_us() -> u64 {
@@ -49,7 +49,7 @@ impl Service {
 /// are installed, so a signal that arrives after this returns triggers a
 /// graceful shutdown.
 pub fn start(
-    requests: mpsc::Receiver<ServiceReq>,
+    requests: mpsc::Receiver<Vec<ServiceReq>>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
     store: crate::config::Store,
 ) -> std::io::Result<Service> {
@@ -77,11 +77,14 @@ pub fn start(
     }
 }
 
+/// How long the start waits for the store to open before reporting ready.
+const FIRST_OPEN_WAIT: Duration = Duration::from_secs(5);
+
 /// Far enough in the future to mean "no timer".
 const NO_WAKE: Duration = Duration::from_secs(3600);
 
 async fn run(
-    mut requests: mpsc::Receiver<ServiceReq>,
+    mut requests: mpsc::Receiver<Vec<ServiceReq>>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
     store: crate::config::Store,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
@@ -104,6 +107,15 @@ async fn run(
         open: state.ensure_open(),
         commit: None,
     };
+    // A reachable store is open before the gateway reports ready, so the
+    // first STATE_GET finds it; an unreachable one does not hold up the start
+    // (writes queue until it comes).
+    if let Some(open) = tasks.open.as_mut() {
+        if let Ok(r) = tokio::time::timeout(FIRST_OPEN_WAIT, open).await {
+            tasks.open = None;
+            state.opened(r);
+        }
+    }
     let _ = ready.send(Ok(()));
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut shutting_down = false;
@@ -173,9 +185,9 @@ impl Tasks {
 }
 
 /// Handles one batch of requests from the shards.
-fn handle(batch: &mut Vec<ServiceReq>, state: &mut StateService) {
+fn handle(batches: &mut Vec<Vec<ServiceReq>>, state: &mut StateService) {
     let t1 = now_us();
-    for req in batch.drain(..) {
+    for req in batches.drain(..).flatten() {
         match req {
             ServiceReq::Time {
                 shard,
@@ -201,7 +213,7 @@ fn handle(batch: &mut Vec<ServiceReq>, state: &mut StateService) {
 async fn shut_down(
     state: &mut StateService,
     tasks: &mut Tasks,
-    requests: &mut mpsc::Receiver<ServiceReq>,
+    requests: &mut mpsc::Receiver<Vec<ServiceReq>>,
     shards: &[mpsc::Sender<Vec<ServiceEvent>>],
     deadline: Duration,
 ) {

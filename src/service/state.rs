@@ -88,6 +88,9 @@ pub struct StateService {
     opening: bool,
     /// A batch is being committed (the loop holds its task).
     committing: bool,
+    /// Writes in the batch being committed; they count against the queue
+    /// bound until acknowledged.
+    inflight_writes: usize,
     queue: VecDeque<Pending>,
     presence: HashMap<Uuid, PresenceRow>,
     cache: Cache,
@@ -129,6 +132,7 @@ impl StateService {
             store: None,
             opening: false,
             committing: false,
+            inflight_writes: 0,
             queue: VecDeque::new(),
             presence: HashMap::new(),
             retry_at_ms: None,
@@ -155,7 +159,11 @@ impl StateService {
     // ----- requests -----------------------------------------------------
 
     pub fn put(&mut self, from: Origin, addr: Uuid, blob: Vec<u8>) {
-        if self.queue.len() >= self.cfg.queue_capacity {
+        let too_big = self
+            .store
+            .as_ref()
+            .is_some_and(|s| blob.len() > s.max_blob_bytes());
+        if too_big || self.queue.len() + self.inflight_writes >= self.cfg.queue_capacity {
             self.reply(
                 from.shard,
                 ServiceEvent::StateError {
@@ -357,8 +365,23 @@ impl StateService {
             return None;
         }
         self.committing = true;
-        let take = self.queue.len().min(self.cfg.batch_rows);
-        let writes: Vec<Pending> = self.queue.drain(..take).collect();
+        let take = self.queue.len().min(self.cfg.batch_rows_max);
+        let mut writes: Vec<Pending> = Vec::with_capacity(take);
+        let blob_max = store.max_blob_bytes();
+        for w in self.queue.drain(..take) {
+            // Queued before the store was open: a state the database can
+            // never take must not hold up the others.
+            if w.blob.len() > blob_max {
+                self.replies[w.from.shard as usize].push(ServiceEvent::StateError {
+                    conn: w.from.conn,
+                    id: w.from.id,
+                    code: ErrorCode::StoreUnavailable,
+                });
+            } else {
+                writes.push(w);
+            }
+        }
+        self.inflight_writes = writes.len();
         let presence: Vec<PresenceRow> = self.presence.drain().map(|(_, r)| r).collect();
         let batch = Batch { writes, presence };
         Some(tokio::spawn(async move {
@@ -371,7 +394,15 @@ impl StateService {
                     updated_at_us: w.updated_at_us,
                 })
                 .collect();
+            let started = Instant::now();
             let r = store.commit(&states, &batch.presence).await;
+            tracing::debug!(
+                rows = states.len(),
+                presence = batch.presence.len(),
+                ms = started.elapsed().as_millis() as u64,
+                ok = r.is_ok(),
+                "state batch"
+            );
             (r, batch)
         }))
     }
@@ -391,6 +422,7 @@ impl StateService {
         r: Result<(Result<(), StoreError>, Batch), tokio::task::JoinError>,
     ) {
         self.committing = false;
+        self.inflight_writes = 0;
         let (result, batch) = match r {
             Ok(x) => x,
             Err(e) => {
@@ -422,6 +454,21 @@ impl StateService {
                             addr: w.addr,
                             updated_at_us: w.updated_at_us,
                             blob,
+                        },
+                    );
+                }
+            }
+            Err(e) if !e.is_transient() => {
+                // Retrying cannot help (a schema or data problem): answer
+                // the writers instead of blocking everyone behind them.
+                tracing::error!(store = %self.describe(), error = %e, writes = batch.writes.len(), "state batch refused by the database; writers told store_unavailable");
+                for w in batch.writes {
+                    self.reply(
+                        w.from.shard,
+                        ServiceEvent::StateError {
+                            conn: w.from.conn,
+                            id: w.from.id,
+                            code: ErrorCode::StoreUnavailable,
                         },
                     );
                 }

@@ -113,7 +113,7 @@ impl ShardState {
                     addr: header.src,
                     blob: payload.to_vec(),
                 };
-                if self.service.try_send(req).is_err() {
+                if self.to_service(req).is_err() {
                     self.send_error(
                         key,
                         reply,
@@ -130,7 +130,7 @@ impl ShardState {
                     from,
                     addr: proto::read_address(payload),
                 };
-                if self.service.try_send(req).is_err() {
+                if self.to_service(req).is_err() {
                     self.send_error(
                         key,
                         reply,
@@ -283,7 +283,7 @@ impl ShardState {
             id,
             t0,
         };
-        if self.service.try_send(req).is_err() {
+        if self.to_service(req).is_err() {
             // The service shard is saturated (or gone at shutdown): answer
             // here rather than drop the request.
             self.stats.time_local_fallback += 1;

@@ -56,7 +56,7 @@ pub struct ShardSetup {
     /// DATA bytes in flight on channel (this -> j) and (j -> this).
     pub out_bytes: Vec<Arc<AtomicUsize>>,
     pub in_bytes: Vec<Arc<AtomicUsize>>,
-    pub service: mpsc::Sender<ServiceReq>,
+    pub service: mpsc::Sender<Vec<ServiceReq>>,
     pub events: mpsc::Receiver<Vec<ServiceEvent>>,
     /// Told once the listeners are bound (or why they are not).
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
@@ -172,6 +172,7 @@ pub async fn run(setup: ShardSetup) {
         glommio::spawn_local(inbox(shard.clone(), j, rx)).detach();
     }
     glommio::spawn_local(service_events(shard.clone(), events)).detach();
+    glommio::spawn_local(service_sender(shard.clone())).detach();
     glommio::spawn_local(flusher(shard.clone())).detach();
     for (listener, wire) in listeners {
         let task = glommio::spawn_local(accept_loop(shard.clone(), listener, wire));
@@ -379,6 +380,36 @@ async fn inbox(shard: Rc<Shard>, from: usize, rx: ConnectedReceiver<Batch>) {
     }
 }
 
+/// Sends this tick's requests to the service shard as one batch. A full
+/// channel parks only this task; meanwhile requests gather up to their bound.
+async fn service_sender(shard: Rc<Shard>) {
+    loop {
+        poll_fn(|cx| {
+            let mut st = shard.st.borrow_mut();
+            if st.service_out.is_empty() {
+                st.service_waker = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        yield_now().await;
+        let (batch, tx) = {
+            let mut st = shard.st.borrow_mut();
+            let n = st.service_out.len();
+            (
+                std::mem::replace(&mut st.service_out, Vec::with_capacity(n)),
+                st.service.clone(),
+            )
+        };
+        if tx.send(batch).await.is_err() {
+            // The service shard stopped (shutdown); nothing will answer.
+            return;
+        }
+    }
+}
+
 async fn service_events(shard: Rc<Shard>, mut rx: mpsc::Receiver<Vec<ServiceEvent>>) {
     while let Some(events) = rx.recv().await {
         {
@@ -393,7 +424,7 @@ async fn service_events(shard: Rc<Shard>, mut rx: mpsc::Receiver<Vec<ServiceEven
 
 /// Bytes of one parked reader future (for the memory simulation).
 pub fn reader_future_bytes() -> usize {
-    let (tx, _rx) = mpsc::channel(1);
+    let (tx, _rx) = mpsc::channel::<Vec<ServiceReq>>(1);
     let cfg = Arc::new(Config::default());
     let mut cfg_small = (*cfg).clone();
     cfg_small.runtime.read_buffer_bytes = 4096;

@@ -118,7 +118,12 @@ pub struct ShardState {
     json_scratch: Vec<u8>,
     pub payload_scratch: Vec<u8>,
     pub data_scratch: Vec<u8>,
-    pub service: mpsc::Sender<ServiceReq>,
+    /// Requests for the service shard gathered this tick; one task sends
+    /// them as one batch (a wake-up of the service thread per tick, not per
+    /// request). Bounded by `service.queue_capacity`.
+    pub service_out: Vec<ServiceReq>,
+    pub service_waker: Option<Waker>,
+    pub service: mpsc::Sender<Vec<ServiceReq>>,
     /// False once shutdown began: new connections are refused.
     pub accepting: bool,
     pub shutting_down: bool,
@@ -133,7 +138,7 @@ impl ShardState {
         cfg: Arc<Config>,
         outboxes: Vec<Outbox>,
         inbound: Vec<Arc<AtomicUsize>>,
-        service: mpsc::Sender<ServiceReq>,
+        service: mpsc::Sender<Vec<ServiceReq>>,
     ) -> Self {
         let t = &cfg.timeouts;
         let longest = t
@@ -164,6 +169,8 @@ impl ShardState {
             json_scratch: Vec::with_capacity(256),
             payload_scratch: Vec::new(),
             data_scratch: Vec::new(),
+            service_out: Vec::new(),
+            service_waker: None,
             service,
             accepting: true,
             shutting_down: false,
@@ -467,7 +474,7 @@ impl ShardState {
             at_us,
             peer,
         };
-        if self.service.try_send(req).is_err() {
+        if self.to_service(req).is_err() {
             self.stats.presence_unsaved += 1;
             if self.stats.presence_unsaved.is_power_of_two() {
                 tracing::warn!(
@@ -539,6 +546,21 @@ impl ShardState {
         } else {
             self.outbox_push(owner, Msg::Unsubscribe { watched, sub: key });
         }
+    }
+
+    // ----- the service shard --------------------------------------------
+
+    /// Queues a request for the service shard; gives it back when this
+    /// tick's batch is at its bound (the caller answers for it).
+    pub fn to_service(&mut self, req: ServiceReq) -> Result<(), ServiceReq> {
+        if self.service_out.len() >= self.cfg.service.queue_capacity {
+            return Err(req);
+        }
+        self.service_out.push(req);
+        if let Some(w) = self.service_waker.take() {
+            w.wake();
+        }
+        Ok(())
     }
 
     // ----- cross-shard --------------------------------------------------

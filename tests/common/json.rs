@@ -33,7 +33,7 @@ pub fn b64_encode(bytes: &[u8]) -> String {
 pub fn b64_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     assert!(
-        bytes.len() % 4 == 0,
+        bytes.len().is_multiple_of(4),
         "base64 {text:?} is not padded to a multiple of 4"
     );
     let value = |c: u8| -> u32 {

@@ -245,6 +245,9 @@ pub fn require_shared() {
 pub struct MariaDbServer {
     dir: TempDir,
     pub port: u16,
+    /// Extra `mariadbd` options for every start, such as
+    /// `--max-allowed-packet=1M`.
+    pub server_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -256,6 +259,7 @@ impl MariaDbServer {
         let server = MariaDbServer {
             port: free_port(),
             dir,
+            server_args: Vec::new(),
             child: None,
         };
         let mut command = Command::new("mariadb-install-db");
@@ -321,6 +325,7 @@ impl MariaDbServer {
             .arg("--innodb-buffer-pool-size=16M")
             .arg("--skip-log-bin")
             .arg("--skip-name-resolve")
+            .args(&self.server_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -366,6 +371,17 @@ impl MariaDbServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sends `signal` to the running server: SIGSTOP makes it hang (it
+    /// keeps its connections but answers nothing), SIGCONT resumes it.
+    pub fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("MariaDB server not running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+        // own child, not yet reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
     }
 
     pub fn is_running(&self) -> bool {
