@@ -133,6 +133,9 @@ pub struct Store {
     pub batch_rows_max: usize,
     /// ...or once its oldest write has waited this long.
     pub batch_interval_ms: u64,
+    /// Batches committed at once, each on its own database connection; an
+    /// address is never in two of them.
+    pub commits_in_flight: usize,
     /// State writes waiting to be committed; a write beyond this is answered
     /// `store_unavailable` at once.
     pub queue_capacity: usize,
@@ -220,6 +223,7 @@ impl Default for Store {
             data_dir: std::path::PathBuf::from("gateway-data"),
             batch_rows: 512,
             batch_rows_max: 8192,
+            commits_in_flight: 1,
             batch_interval_ms: 5,
             queue_capacity: 262_144,
             cache_entries: 100_000,
@@ -295,6 +299,9 @@ impl Config {
         }
         if self.store.batch_rows == 0 || self.store.queue_capacity == 0 {
             return bad("store.batch_rows and store.queue_capacity must be at least 1");
+        }
+        if self.store.commits_in_flight == 0 {
+            return bad("store.commits_in_flight must be at least 1");
         }
         if self.store.batch_rows_max < self.store.batch_rows {
             return bad("store.batch_rows_max must be at least store.batch_rows");

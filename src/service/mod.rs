@@ -16,6 +16,7 @@ use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 /// Request batches (one per shard per tick) taken from the queue per wakeup.
 const BATCH_MAX: usize = 64;
@@ -105,7 +106,7 @@ async fn run(
     tracing::info!(store = %state.describe(), "state store configured");
     let mut tasks = Tasks {
         open: state.ensure_open(),
-        commit: None,
+        commits: JoinSet::new(),
     };
     // A reachable store is open before the gateway reports ready, so the
     // first STATE_GET finds it; an unreachable one does not hold up the start
@@ -132,8 +133,7 @@ async fn run(
                 }
                 handle(&mut batch, &mut state);
             }
-            r = async { tasks.commit.as_mut().expect("guarded").await }, if tasks.commit.is_some() => {
-                tasks.commit = None;
+            Some(r) = tasks.commits.join_next(), if !tasks.commits.is_empty() => {
                 state.committed(r);
             }
             r = async { tasks.open.as_mut().expect("guarded").await }, if tasks.open.is_some() => {
@@ -159,9 +159,9 @@ async fn run(
     if let Some(t) = tasks.open.take() {
         t.abort();
     }
-    if let Some(t) = tasks.commit.take() {
-        // Stopping now (every shard is gone): wait for the batch on its way.
-        state.committed(t.await);
+    // Stopping now (every shard is gone): wait for the batches on their way.
+    while let Some(r) = tasks.commits.join_next().await {
+        state.committed(r);
     }
     state.close().await;
 }
@@ -169,7 +169,7 @@ async fn run(
 /// The store work in progress, owned by the service loop.
 struct Tasks {
     open: Option<state::OpenTask>,
-    commit: Option<state::CommitTask>,
+    commits: JoinSet<state::CommitResult>,
 }
 
 impl Tasks {
@@ -178,8 +178,8 @@ impl Tasks {
         if self.open.is_none() {
             self.open = state.ensure_open();
         }
-        if self.commit.is_none() {
-            self.commit = state.maybe_commit(force);
+        while let Some(batch) = state.maybe_commit(force) {
+            self.commits.spawn(batch);
         }
     }
 }
@@ -226,13 +226,12 @@ async fn shut_down(
             batch.push(req);
         }
         handle(&mut batch, state);
-        if state.is_idle() && tasks.commit.is_none() {
+        if state.is_idle() && tasks.commits.is_empty() {
             break;
         }
         tasks.start(state, true);
         tokio::select! {
-            r = async { tasks.commit.as_mut().expect("guarded").await }, if tasks.commit.is_some() => {
-                tasks.commit = None;
+            Some(r) = tasks.commits.join_next(), if !tasks.commits.is_empty() => {
                 state.committed(r);
             }
             r = async { tasks.open.as_mut().expect("guarded").await }, if tasks.open.is_some() => {

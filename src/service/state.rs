@@ -38,7 +38,10 @@ pub struct Batch {
     presence: Vec<PresenceRow>,
 }
 
-pub type CommitTask = JoinHandle<(Result<(), StoreError>, Batch)>;
+/// What a commit gives back: its outcome and the batch itself.
+pub type CommitResult = (Result<(), StoreError>, Batch);
+/// A commit, ready to be spawned by the service loop.
+pub type CommitTask = std::pin::Pin<Box<dyn std::future::Future<Output = CommitResult> + Send>>;
 pub type OpenTask = JoinHandle<Result<Store, StoreError>>;
 
 /// What a STATE_GET that went to the database found.
@@ -86,11 +89,17 @@ pub struct StateService {
     store: Option<Arc<Store>>,
     /// A `Store::open` is running (the loop holds its task).
     opening: bool,
-    /// A batch is being committed (the loop holds its task).
-    committing: bool,
-    /// Writes in the batch being committed; they count against the queue
+    /// Batches being committed (the loop holds their tasks).
+    committing: usize,
+    /// Writes in the batches being committed; they count against the queue
     /// bound until acknowledged.
     inflight_writes: usize,
+    /// Addresses with a write in a batch being committed: a newer write of
+    /// such an address waits for that batch, so one address's writes commit
+    /// in the order they were sent even with several batches in flight.
+    inflight_addrs: HashMap<Uuid, u32>,
+    /// Presence rows ride in one batch at a time, for the same reason.
+    presence_in_flight: bool,
     queue: VecDeque<Pending>,
     presence: HashMap<Uuid, PresenceRow>,
     cache: Cache,
@@ -131,8 +140,10 @@ impl StateService {
             shards,
             store: None,
             opening: false,
-            committing: false,
+            committing: 0,
             inflight_writes: 0,
+            inflight_addrs: HashMap::new(),
+            presence_in_flight: false,
             queue: VecDeque::new(),
             presence: HashMap::new(),
             retry_at_ms: None,
@@ -348,10 +359,13 @@ impl StateService {
         }
     }
 
-    /// Starts a commit when the batch policy says so and nothing is in the
-    /// way (one batch at a time, so writes to one address commit in order).
+    /// Starts a commit when the batch policy says so and a commit slot is
+    /// free (`commits_in_flight`). A batch never holds a write of an address
+    /// that is in another batch still being committed.
     pub fn maybe_commit(&mut self, force: bool) -> Option<CommitTask> {
-        if self.committing || self.queue.is_empty() && self.presence.is_empty() {
+        if self.committing >= self.cfg.commits_in_flight
+            || self.queue.is_empty() && (self.presence.is_empty() || self.presence_in_flight)
+        {
             return None;
         }
         let now = self.now_ms();
@@ -364,11 +378,19 @@ impl StateService {
         if !force && !self.policy.should_flush(rows, oldest, now) {
             return None;
         }
-        self.committing = true;
-        let take = self.queue.len().min(self.cfg.batch_rows_max);
-        let mut writes: Vec<Pending> = Vec::with_capacity(take);
+        let mut writes: Vec<Pending> =
+            Vec::with_capacity(self.queue.len().min(self.cfg.batch_rows_max));
         let blob_max = store.max_blob_bytes();
-        for w in self.queue.drain(..take) {
+        let mut waiting = VecDeque::new();
+        while let Some(w) = self.queue.pop_front() {
+            if writes.len() >= self.cfg.batch_rows_max {
+                self.queue.push_front(w);
+                break;
+            }
+            if self.inflight_addrs.contains_key(&w.addr) {
+                waiting.push_back(w);
+                continue;
+            }
             // Queued before the store was open: a state the database can
             // never take must not hold up the others.
             if w.blob.len() > blob_max {
@@ -381,10 +403,27 @@ impl StateService {
                 writes.push(w);
             }
         }
-        self.inflight_writes = writes.len();
-        let presence: Vec<PresenceRow> = self.presence.drain().map(|(_, r)| r).collect();
+        // What had to wait goes back in front, in its order.
+        while let Some(w) = waiting.pop_back() {
+            self.queue.push_front(w);
+        }
+        for w in &writes {
+            *self.inflight_addrs.entry(w.addr).or_insert(0) += 1;
+        }
+        let take_presence = !self.presence_in_flight;
+        if writes.is_empty() && (!take_presence || self.presence.is_empty()) {
+            return None;
+        }
+        self.committing += 1;
+        self.inflight_writes += writes.len();
+        let presence: Vec<PresenceRow> = if take_presence {
+            self.presence_in_flight = !self.presence.is_empty();
+            self.presence.drain().map(|(_, r)| r).collect()
+        } else {
+            Vec::new()
+        };
         let batch = Batch { writes, presence };
-        Some(tokio::spawn(async move {
+        Some(Box::pin(async move {
             let states: Vec<StateRow> = batch
                 .writes
                 .iter()
@@ -421,14 +460,21 @@ impl StateService {
         &mut self,
         r: Result<(Result<(), StoreError>, Batch), tokio::task::JoinError>,
     ) {
-        self.committing = false;
-        self.inflight_writes = 0;
+        self.committing -= 1;
         let (result, batch) = match r {
-            Ok(x) => x,
+            Ok(x) => {
+                self.release(&x.1);
+                x
+            }
             Err(e) => {
                 // The task panicked: its rows are gone from memory. Nothing
                 // was acknowledged; say so loudly.
                 tracing::error!(error = %e, "state commit task failed");
+                if self.committing == 0 {
+                    self.inflight_addrs.clear();
+                    self.inflight_writes = 0;
+                    self.presence_in_flight = false;
+                }
                 return;
             }
         };
@@ -487,6 +533,22 @@ impl StateService {
         }
     }
 
+    /// A batch came back: its writes and addresses are no longer in flight.
+    fn release(&mut self, batch: &Batch) {
+        self.inflight_writes -= batch.writes.len();
+        if !batch.presence.is_empty() {
+            self.presence_in_flight = false;
+        }
+        for w in &batch.writes {
+            if let Some(n) = self.inflight_addrs.get_mut(&w.addr) {
+                *n -= 1;
+                if *n == 0 {
+                    self.inflight_addrs.remove(&w.addr);
+                }
+            }
+        }
+    }
+
     fn failed(&mut self, error: &str) {
         let delay = self.backoff.next_delay_ms();
         self.retry_at_ms = Some(self.now_ms() + delay);
@@ -509,7 +571,7 @@ impl StateService {
         if let Some(t) = self.retry_at_ms {
             return Some(t);
         }
-        if self.committing || self.store.is_none() {
+        if self.committing >= self.cfg.commits_in_flight || self.store.is_none() {
             return None;
         }
         let rows = self.queue.len() + self.presence.len();
@@ -521,7 +583,7 @@ impl StateService {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.presence.is_empty() && !self.committing
+        self.queue.is_empty() && self.presence.is_empty() && self.committing == 0
     }
 
     pub fn queued(&self) -> usize {
