@@ -49,6 +49,12 @@ pub struct StateArgs {
     /// Writes before measuring starts.
     #[arg(long = "warmup-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub warmup_s: u64,
+    /// Writes per second per writer (0 = as fast as acks come back). With a
+    /// rate, a writer sends on a fixed schedule (its next write waits for the
+    /// previous ACK only when that is late), so the load is writers x rate
+    /// and the latency is not just writers / throughput.
+    #[arg(long = "rate-per-writer", default_value_t = 0.0)]
+    pub rate_per_writer: f64,
     /// Longest wait for one STATE_ACK; a write still unacknowledged then is
     /// reported as timed out and its writer stops.
     #[arg(long = "ack-timeout-s", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]

@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(args.duration_s),
                 warmup: Duration::from_secs(args.warmup_s),
                 ack_timeout: Duration::from_secs(args.ack_timeout_s),
+                rate_per_writer: args.rate_per_writer,
             };
             (args.common, Job::State(cfg))
         }

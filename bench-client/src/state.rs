@@ -31,6 +31,7 @@ pub struct StateConfig {
     pub duration: Duration,
     pub warmup: Duration,
     pub ack_timeout: Duration,
+    pub rate_per_writer: f64,
 }
 
 pub struct StateReport {
@@ -44,6 +45,8 @@ struct Run {
     send_end: Instant,
     payload: usize,
     ack_timeout: Duration,
+    /// Time between two writes of one writer; None = closed loop.
+    interval: Option<Duration>,
     latency: RefCell<Histogram<u64>>,
     acked_measured: Cell<u64>,
     acked_total: Cell<u64>,
@@ -71,6 +74,8 @@ pub async fn run(cfg: StateConfig) -> anyhow::Result<StateReport> {
         send_end: t0 + cfg.warmup + cfg.duration,
         payload: cfg.payload,
         ack_timeout: cfg.ack_timeout,
+        interval: (cfg.rate_per_writer > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / cfg.rate_per_writer)),
         latency: RefCell::new(report::latency_histogram()),
         acked_measured: Cell::new(0),
         acked_total: Cell::new(0),
@@ -80,8 +85,14 @@ pub async fn run(cfg: StateConfig) -> anyhow::Result<StateReport> {
     });
     let tq = glommio::executor().current_task_queue();
     let mut tasks = Vec::with_capacity(conns.len());
-    for (conn, addr) in conns {
-        let task = glommio::spawn_local_into(writer(conn, addr, run.clone()), tq)
+    let writers_n = conns.len() as u32;
+    for (i, (conn, addr)) in conns.into_iter().enumerate() {
+        // Spread the writers' schedules over one interval.
+        let offset = run
+            .interval
+            .map(|iv| iv.mul_f64(i as f64 / writers_n as f64))
+            .unwrap_or_default();
+        let task = glommio::spawn_local_into(writer(conn, addr, run.clone(), offset), tq)
             .expect("current task queue exists");
         tasks.push(task);
     }
@@ -120,6 +131,18 @@ pub async fn run(cfg: StateConfig) -> anyhow::Result<StateReport> {
             format!("{writers_up} / {}", cfg.writers),
         )
         .row("state blob", format!("{} B", cfg.payload))
+        .row(
+            "offered load",
+            if cfg.rate_per_writer > 0.0 {
+                format!(
+                    "{:.0} writes/s ({} per writer)",
+                    cfg.rate_per_writer * writers_up as f64,
+                    cfg.rate_per_writer
+                )
+            } else {
+                "closed loop (next write on each ACK)".to_string()
+            },
+        )
         .row(
             "measured",
             format!(
@@ -160,6 +183,7 @@ pub async fn run(cfg: StateConfig) -> anyhow::Result<StateReport> {
     json_line.insert("writers", json!(cfg.writers));
     json_line.insert("writers_up", json!(writers_up));
     json_line.insert("payload", json!(cfg.payload));
+    json_line.insert("rate_per_writer", json!(cfg.rate_per_writer));
     json_line.insert("duration_s", json!(measured_s));
     json_line.insert("acks_per_s", json!(acks_per_s.round()));
     latency.add_to("ack_", &mut json_line);
@@ -182,10 +206,18 @@ pub async fn run(cfg: StateConfig) -> anyhow::Result<StateReport> {
 
 /// One writer: STATE_PUT, wait for its STATE_ACK (or an ERROR), repeat until
 /// the sending window closes. Every wait is bounded by the ack timeout.
-async fn writer(mut conn: Conn, addr: Addr, run: Rc<Run>) {
+async fn writer(mut conn: Conn, addr: Addr, run: Rc<Run>, offset: Duration) {
     let mut blob = vec![0x5Au8; run.payload];
     let mut id = 0u64;
+    let mut next_at = Instant::now() + offset;
     while Instant::now() < run.send_end {
+        if let Some(interval) = run.interval {
+            let now = Instant::now();
+            if next_at > now {
+                glommio::timer::sleep(next_at - now).await;
+            }
+            next_at = next_at.max(now) + interval;
+        }
         id += 1;
         blob[..8].copy_from_slice(&id.to_be_bytes());
         let sent_at = Instant::now();
