@@ -107,42 +107,38 @@ impl ShardState {
                 Flow::Continue
             }
             Kind::StatePut => {
-                let from = self.origin(key, header.id);
                 let req = ServiceReq::StatePut {
-                    from,
+                    from: self.origin(key, header.id),
                     addr: header.src,
                     blob: payload.to_vec(),
                 };
-                if self.to_service(req).is_err() {
-                    self.send_error(
-                        key,
-                        reply,
-                        header.id,
-                        ErrorCode::StoreUnavailable,
-                        "state queue full",
-                    );
-                }
+                self.ask_store(key, reply, header.id, req);
                 Flow::Continue
             }
             Kind::StateGet => {
-                let from = self.origin(key, header.id);
                 let req = ServiceReq::StateGet {
-                    from,
+                    from: self.origin(key, header.id),
                     addr: proto::read_address(payload),
                 };
-                if self.to_service(req).is_err() {
-                    self.send_error(
-                        key,
-                        reply,
-                        header.id,
-                        ErrorCode::StoreUnavailable,
-                        "state queue full",
-                    );
-                }
+                self.ask_store(key, reply, header.id, req);
                 Flow::Continue
             }
             // `validate` lets only client kinds through.
             _ => unreachable!("validate returned a gateway-only kind"),
+        }
+    }
+
+    /// Hands a state request to the service shard, or answers
+    /// `store_unavailable` when this tick's requests are at their bound.
+    fn ask_store(&mut self, key: ConnKey, reply: Form, id: u64, req: ServiceReq) {
+        if self.to_service(req).is_err() {
+            self.send_error(
+                key,
+                reply,
+                id,
+                ErrorCode::StoreUnavailable,
+                "state queue full",
+            );
         }
     }
 
@@ -464,31 +460,16 @@ impl ShardState {
                 t0,
                 t1,
                 t2,
-            } => {
-                let Some(c) = self.conns.get(conn) else {
-                    return;
-                };
-                if c.state != State::Open {
-                    return;
-                }
-                let form = c.form();
-                self.send_built(conn, form, |b, dst| {
-                    proto::encode_time_resp(b, dst, id, t0, t1, t2)
-                });
-            }
+            } => self.send_to_registered(conn, |b, dst| {
+                proto::encode_time_resp(b, dst, id, t0, t1, t2)
+            }),
             ServiceEvent::StateAck {
                 conn,
                 id,
                 updated_at_us,
-            } => {
-                let Some(c) = self.conns.get(conn) else {
-                    return;
-                };
-                let form = c.form();
-                self.send_built(conn, form, |b, dst| {
-                    proto::encode_state_ack(b, dst, id, updated_at_us)
-                });
-            }
+            } => self.send_to_registered(conn, |b, dst| {
+                proto::encode_state_ack(b, dst, id, updated_at_us)
+            }),
             ServiceEvent::StateError { conn, id, code } => self.error_to(conn, id, code),
             ServiceEvent::StateFound {
                 to,
@@ -556,14 +537,7 @@ impl ShardState {
         online: bool,
         blob: &[u8],
     ) {
-        let Some(conn) = self.conns.get(to) else {
-            return;
-        };
-        if conn.state != State::Open {
-            return;
-        }
-        let form = conn.form();
-        self.send_built(to, form, |b, dst| {
+        self.send_to_registered(to, |b, dst| {
             proto::encode_state(b, dst, id, address, updated_at_us, online, blob)
         });
     }

@@ -301,7 +301,9 @@ impl ShardState {
         self.scratch = buf;
     }
 
-    pub fn send_presence(&mut self, to: ConnKey, id: u64, address: Uuid, online: bool, at_us: u64) {
+    /// Sends a gateway frame built by `build` to a registered connection, in
+    /// its own form; nothing if it has gone or is closing.
+    pub fn send_to_registered(&mut self, to: ConnKey, build: impl FnOnce(&mut Vec<u8>, Uuid)) {
         let Some(conn) = self.conns.get(to) else {
             return;
         };
@@ -309,7 +311,11 @@ impl ShardState {
             return;
         }
         let form = conn.form();
-        self.send_built(to, form, |b, dst| {
+        self.send_built(to, form, build);
+    }
+
+    pub fn send_presence(&mut self, to: ConnKey, id: u64, address: Uuid, online: bool, at_us: u64) {
+        self.send_to_registered(to, |b, dst| {
             proto::encode_presence(b, dst, id, address, online, at_us)
         });
     }
