@@ -27,6 +27,12 @@ pub const SHARED_URL: &str = "mysql://root@127.0.0.1:3306/test";
 /// Longest run of one `mysql` command.
 const MYSQL_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// `mariadb-install-db` runs one at a time across the tests of a binary.
+static INSTALL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Tries of `mariadb-install-db` before a test gives up.
+const INSTALL_ATTEMPTS: usize = 3;
+
 /// Longest run of `mariadb-install-db`.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -262,22 +268,36 @@ impl MariaDbServer {
             server_args: Vec::new(),
             child: None,
         };
-        let mut command = Command::new("mariadb-install-db");
-        command
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", server.datadir().display()))
-            .arg("--auth-root-authentication-method=normal")
-            .arg("--skip-name-resolve")
-            .arg("--innodb-log-file-size=4M");
-        if is_root() {
-            command.arg("--user=root");
+        // Installs run one at a time and are retried: several bootstraps at
+        // once on a small machine now and then fail for lack of resources,
+        // which says nothing about the gateway.
+        let _serial = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = None;
+        for _ in 0..INSTALL_ATTEMPTS {
+            let _ = std::fs::remove_dir_all(server.datadir());
+            let mut command = Command::new("mariadb-install-db");
+            command
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", server.datadir().display()))
+                .arg("--auth-root-authentication-method=normal")
+                .arg("--skip-name-resolve")
+                .arg("--innodb-log-file-size=4M");
+            if is_root() {
+                command.arg("--user=root");
+            }
+            let out = run_bounded(&mut command, INSTALL_TIMEOUT);
+            if out.success {
+                last = None;
+                break;
+            }
+            last = Some(out);
         }
-        let out = run_bounded(&mut command, INSTALL_TIMEOUT);
-        assert!(
-            out.success,
-            "mariadb-install-db failed:\n{}\n{}",
-            out.stdout, out.stderr
-        );
+        if let Some(out) = last {
+            panic!(
+                "mariadb-install-db failed {INSTALL_ATTEMPTS} times:\n{}\n{}",
+                out.stdout, out.stderr
+            );
+        }
         server
     }
 
