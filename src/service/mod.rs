@@ -203,6 +203,7 @@ fn handle(batches: &mut Vec<Vec<ServiceReq>>, state: &mut StateService) {
                 at_us,
                 peer,
             } => state.presence(addr, online, at_us, peer),
+            ServiceReq::Drained { shard } => state.drained(shard),
         }
     }
 }
@@ -221,12 +222,14 @@ async fn shut_down(
     let until = tokio::time::Instant::now() + deadline;
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while tokio::time::Instant::now() < until {
-        // Writes already on their way from the shards still count.
+        // Writes already on their way from the shards still count, and so
+        // do writes the clients sent before the signal: every shard reports
+        // when it has handled its input.
         while let Ok(req) = requests.try_recv() {
             batch.push(req);
         }
         handle(&mut batch, state);
-        if state.is_idle() && tasks.commits.is_empty() {
+        if state.all_drained() && state.is_idle() && tasks.commits.is_empty() {
             break;
         }
         tasks.start(state, true);

@@ -114,6 +114,8 @@ pub struct StateService {
     replies: Vec<Vec<ServiceEvent>>,
     failing_since: Option<Instant>,
     pub committed_rows: u64,
+    /// Shards that reported `Drained` during shutdown.
+    drained: Vec<bool>,
 }
 
 impl StateService {
@@ -123,7 +125,8 @@ impl StateService {
         got_tx: mpsc::UnboundedSender<GetResult>,
     ) -> Self {
         let store_cfg = store_config(&cfg);
-        let replies = shards.iter().map(|_| Vec::new()).collect();
+        let replies: Vec<Vec<ServiceEvent>> = shards.iter().map(|_| Vec::new()).collect();
+        let drained = vec![false; replies.len()];
         StateService {
             policy: BatchPolicy {
                 max_rows: cfg.batch_rows,
@@ -153,6 +156,7 @@ impl StateService {
             replies,
             failing_since: None,
             committed_rows: 0,
+            drained,
         }
     }
 
@@ -285,6 +289,16 @@ impl StateService {
                 t2,
             },
         );
+    }
+
+    pub fn drained(&mut self, shard: u16) {
+        if let Some(d) = self.drained.get_mut(shard as usize) {
+            *d = true;
+        }
+    }
+
+    pub fn all_drained(&self) -> bool {
+        self.drained.iter().all(|d| *d)
     }
 
     fn found(&mut self, from: Origin, addr: Uuid, blob: Arc<[u8]>, updated_at_us: u64) {

@@ -499,7 +499,10 @@ impl ShardState {
                 updated_at_us,
                 blob,
             } => self.publish_state(addr, updated_at_us, blob),
-            ServiceEvent::StopAccepting => self.accepting = false,
+            ServiceEvent::StopAccepting => {
+                self.accepting = false;
+                self.drain_report_due = true;
+            }
             ServiceEvent::Shutdown => self.begin_shutdown(),
         }
     }

@@ -193,6 +193,7 @@ async fn ticker(shard: Rc<Shard>) {
         let done = {
             let mut st = shard.st.borrow_mut();
             st.sweep();
+            st.report_drained();
             st.shutting_down && (st.conns.is_empty() || st.now_ms >= st.shutdown_deadline_ms)
         };
         shard.spawn_pending();

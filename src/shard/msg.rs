@@ -132,6 +132,9 @@ pub enum ServiceReq {
     },
     /// STATE_GET of `addr` from `from`.
     StateGet { from: Origin, addr: Uuid },
+    /// After StopAccepting: this shard has handled the input that had
+    /// arrived by then, so every request it will still make is ahead of this.
+    Drained { shard: u16 },
     /// An address came online or went offline (not on takeovers), for the
     /// presence table.
     Presence {

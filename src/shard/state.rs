@@ -126,6 +126,9 @@ pub struct ShardState {
     pub service: mpsc::Sender<Vec<ServiceReq>>,
     /// False once shutdown began: new connections are refused.
     pub accepting: bool,
+    /// Shutdown began: report `Drained` to the service shard at the next
+    /// tick, once the input already received has been handled.
+    pub drain_report_due: bool,
     pub shutting_down: bool,
     pub shutdown_deadline_ms: u64,
     pub stats: Stats,
@@ -173,6 +176,7 @@ impl ShardState {
             service_waker: None,
             service,
             accepting: true,
+            drain_report_due: false,
             shutting_down: false,
             shutdown_deadline_ms: 0,
             stats: Stats::default(),
@@ -555,6 +559,22 @@ impl ShardState {
     }
 
     // ----- the service shard --------------------------------------------
+
+    /// Called every tick: after StopAccepting, tells the service shard that
+    /// what had arrived is handled (one tick is enough for every readable
+    /// socket to have been read).
+    pub fn report_drained(&mut self) {
+        if self.drain_report_due {
+            self.drain_report_due = false;
+            // Past the bound on purpose: the service waits for this one.
+            self.service_out.push(ServiceReq::Drained {
+                shard: self.id as u16,
+            });
+            if let Some(w) = self.service_waker.take() {
+                w.wake();
+            }
+        }
+    }
 
     /// Queues a request for the service shard; gives it back when this
     /// tick's batch is at its bound (the caller answers for it).
