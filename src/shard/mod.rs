@@ -216,7 +216,16 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, wire: Wire) {
                 shard.spawn_pending();
             }
             Err(e) => {
-                tracing::warn!(shard = shard.st.borrow().id, error = %e, "accept failed");
+                let (id, failures) = {
+                    let mut st = shard.st.borrow_mut();
+                    st.stats.accept_errors += 1;
+                    (st.id, st.stats.accept_errors)
+                };
+                // Out of descriptors, this fires every pause: log the 1st,
+                // 2nd, 4th, 8th... only.
+                if failures.is_power_of_two() {
+                    tracing::warn!(shard = id, error = %e, failures, "accept failed");
+                }
                 glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }

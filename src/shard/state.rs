@@ -72,6 +72,7 @@ pub struct Outbox {
 #[derive(Default, Debug)]
 pub struct Stats {
     pub accepted: u64,
+    pub accept_errors: u64,
     pub refused_full: u64,
     pub handovers_out: u64,
     pub handovers_in: u64,
