@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use crate::conn::{Transport, SOURCE_ADDRS_DEFAULT, TOKEN_MAX_BYTES};
+use crate::pingpong::Wire;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,9 +69,10 @@ pub struct Common {
     /// CPU to pin the client's single executor to (the gateway gets CPU 0).
     #[arg(long, default_value_t = 1)]
     pub cpu: usize,
-    /// Label of the system under test, copied into the JSON line.
-    #[arg(long = "target-name", default_value = "gateway")]
-    pub target_name: String,
+    /// Label of the system under test, copied into the JSON line
+    /// [default: gateway, or nats with `pingpong --nats`].
+    #[arg(long = "target-name")]
+    pub target_name: Option<String>,
     /// HELLO auth token (UTF-8); empty when the gateway runs without auth.
     #[arg(long, default_value = "")]
     pub token: String,
@@ -100,10 +102,15 @@ pub struct Common {
 }
 
 #[derive(Args, Debug)]
+#[group(id = "target", required = true, multiple = false, args = ["tcp", "nats"])]
 pub struct PingpongArgs {
     /// Gateway TCP address (127.0.0.0/8 only).
     #[arg(long)]
-    pub tcp: String,
+    pub tcp: Option<String>,
+    /// Instead of the gateway, a NATS server (127.0.0.0/8 only, no auth):
+    /// the same pairs and echoes over PUB/SUB, one subject per endpoint.
+    #[arg(long)]
+    pub nats: Option<String>,
     /// Number of connection pairs.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=9000))]
     pub pairs: u32,
@@ -171,13 +178,21 @@ pub struct Shared {
 
 impl Common {
     pub fn shared(&self, target: &str) -> anyhow::Result<Shared> {
+        self.shared_named(target, "gateway")
+    }
+
+    /// As [`Common::shared`], with `default_name` when --target-name is not given.
+    pub fn shared_named(&self, target: &str, default_name: &str) -> anyhow::Result<Shared> {
         if self.token.len() > TOKEN_MAX_BYTES {
             bail!("--token is longer than {TOKEN_MAX_BYTES} bytes");
         }
         Ok(Shared {
             target: loopback_target(target)?,
             source_addrs: self.source_addrs,
-            target_name: self.target_name.clone(),
+            target_name: self
+                .target_name
+                .clone()
+                .unwrap_or_else(|| default_name.to_string()),
             token: self.token.as_bytes().to_vec(),
             connect_concurrency: self.connect_concurrency as usize,
             setup_timeout: Duration::from_secs(self.setup_timeout_s),
@@ -191,6 +206,17 @@ impl HoldArgs {
             (Some(t), _) => (Transport::Tcp, t),
             (None, Some(w)) => (Transport::Ws, w),
             (None, None) => unreachable!("clap requires --tcp or --ws"),
+        }
+    }
+}
+
+impl PingpongArgs {
+    /// Whether the target is the gateway or a NATS server, and its address.
+    pub fn wire_and_target(&self) -> (Wire, &str) {
+        match (&self.tcp, &self.nats) {
+            (Some(t), _) => (Wire::Gateway, t),
+            (None, Some(n)) => (Wire::Nats, n),
+            (None, None) => unreachable!("clap requires --tcp or --nats"),
         }
     }
 }
@@ -262,5 +288,33 @@ mod tests {
             panic!("hold")
         };
         assert_eq!(h.transport_and_target(), (Transport::Ws, "127.0.0.1:7001"));
+    }
+
+    #[test]
+    fn pingpong_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["b", "pingpong"]).is_err());
+        assert!(Cli::try_parse_from([
+            "b",
+            "pingpong",
+            "--tcp",
+            "127.0.0.1:1",
+            "--nats",
+            "127.0.0.1:2"
+        ])
+        .is_err());
+        let cli = Cli::try_parse_from(["b", "pingpong", "--nats", "127.0.0.1:4222"]).unwrap();
+        let Command::Pingpong(p) = cli.command else {
+            panic!("pingpong")
+        };
+        assert_eq!(p.wire_and_target(), (Wire::Nats, "127.0.0.1:4222"));
+        let shared = p.common.shared_named("127.0.0.1:4222", "nats").unwrap();
+        assert_eq!(shared.target_name, "nats");
+        let cli = Cli::try_parse_from(["b", "pingpong", "--tcp", "127.0.0.1:7000"]).unwrap();
+        let Command::Pingpong(p) = cli.command else {
+            panic!("pingpong")
+        };
+        assert_eq!(p.wire_and_target(), (Wire::Gateway, "127.0.0.1:7000"));
+        let shared = p.common.shared("127.0.0.1:7000").unwrap();
+        assert_eq!(shared.target_name, "gateway");
     }
 }

@@ -144,7 +144,7 @@ fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
 
 /// Opens a non-blocking socket bound to `source` (port chosen at connect
 /// time, thanks to IP_BIND_ADDRESS_NO_PORT) and starts connecting it.
-fn start_connect(target: SocketAddrV4, source: Ipv4Addr) -> io::Result<TcpStream> {
+pub fn start_connect(target: SocketAddrV4, source: Ipv4Addr) -> io::Result<TcpStream> {
     let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
     // SAFETY: plain socket(2) call; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_INET, flags, 0) };

@@ -13,7 +13,9 @@
 //! - `ws.rs`: WebSocket upgrade and framing for the client side, sans-IO.
 //! - `conn.rs`: one small connection (TCP or WebSocket): setup, HELLO/WELCOME,
 //!   cancel-safe receive; used by `hold` and for `pingpong` setup.
-//! - `pingpong.rs`: pairs that echo DATA, throughput and round-trip times.
+//! - `pingpong.rs`: pairs that echo DATA, throughput and round-trip times;
+//!   against the gateway or, for comparison, a NATS server.
+//! - `nats.rs`: the NATS client protocol subset pingpong uses, sans-IO.
 //! - `hold.rs`: many idle connections, heartbeats, gateway memory per connection.
 //! - `state.rs`: writers storing state, acknowledged writes and ack latency.
 //! - `report.rs`: counters, latency percentiles, table and JSON line.
@@ -22,6 +24,7 @@
 mod cli;
 mod conn;
 mod hold;
+mod nats;
 mod pingpong;
 mod proto;
 mod report;
@@ -47,8 +50,15 @@ fn main() -> anyhow::Result<()> {
     let (common, job) = match cli.command {
         Command::Pingpong(args) => {
             sys::check_fd_budget(2 * u64::from(args.pairs), nofile)?;
+            let (wire, target) = args.wire_and_target();
+            if wire == pingpong::Wire::Nats && !args.common.token.is_empty() {
+                anyhow::bail!("--token is not used with --nats (the server must run without auth)");
+            }
             let cfg = pingpong::PingpongConfig {
-                shared: args.common.shared(&args.tcp)?,
+                shared: args
+                    .common
+                    .shared_named(target, wire.default_target_name())?,
+                wire,
                 pairs: args.pairs,
                 window: args.window,
                 payload: args.payload,

@@ -8,6 +8,14 @@
 //! state allocates nothing. The send time travels in the payload (bytes 0..8,
 //! nanoseconds since the run started) and the id is repeated in bytes 8..16,
 //! so echoes are checked without any per-message state in the client.
+//!
+//! With `--nats` the same engine drives a NATS server instead ([`Wire::Nats`]):
+//! each endpoint subscribes to its own subject (its address in hex), DATA
+//! becomes PUB to the peer's subject and arrives as MSG; framing is in
+//! `nats.rs`. Payloads, window, timing and counting are the same, so the
+//! numbers compare directly. NATS `-ERR` names no message, so a message it
+//! refused shows up as lost at the end of the drain, and the error is
+//! counted by its text.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -16,7 +24,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use glommio::timer::Timer;
@@ -25,6 +33,7 @@ use serde_json::json;
 
 use crate::cli::Shared;
 use crate::conn::{self, io_reason, Conn, ConnError, Transport};
+use crate::nats::{self, Subject};
 use crate::proto::{self, kind, Addr, Header, HEADER_LEN};
 use crate::report::{self, ErrorCounts, JsonLine, Latency, Reasons, Table};
 use crate::sys;
@@ -42,9 +51,52 @@ const CLIENT_BOUND_PCT: f64 = 90.0;
 /// Extra time the main task waits for drivers beyond the drain deadline.
 const JOIN_GRACE: Duration = Duration::from_secs(5);
 
+/// What the pairs talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// The gateway, protocol v1 over TCP.
+    Gateway,
+    /// A NATS server (for comparison), client protocol over TCP.
+    Nats,
+}
+
+impl Wire {
+    /// `--target-name` when none is given.
+    pub fn default_target_name(self) -> &'static str {
+        match self {
+            Wire::Gateway => "gateway",
+            Wire::Nats => "nats",
+        }
+    }
+
+    /// The JSON line's `transport`.
+    fn transport_name(self) -> &'static str {
+        match self {
+            Wire::Gateway => "tcp",
+            Wire::Nats => "nats",
+        }
+    }
+
+    /// Largest number of bytes a message adds around its payload.
+    fn overhead(self) -> usize {
+        match self {
+            Wire::Gateway => HEADER_LEN,
+            Wire::Nats => nats::MSG_OVERHEAD_MAX.max(nats::PUB_OVERHEAD_MAX),
+        }
+    }
+
+    fn closed_reason(self) -> &'static str {
+        match self {
+            Wire::Gateway => "closed_by_gateway",
+            Wire::Nats => "closed_by_nats_server",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PingpongConfig {
     pub shared: Shared,
+    pub wire: Wire,
     pub pairs: u32,
     pub window: u32,
     pub payload: u32,
@@ -55,6 +107,7 @@ pub struct PingpongConfig {
 
 /// Run-wide state the pair drivers share. Single-threaded: plain cells.
 struct RunCtx {
+    wire: Wire,
     t0: Instant,
     warm_end: Instant,
     send_end: Instant,
@@ -119,6 +172,7 @@ pub async fn run(cfg: PingpongConfig) -> anyhow::Result<PingpongReport> {
     let warm_end = t0 + cfg.warmup;
     let send_end = warm_end + cfg.duration;
     let ctx = Rc::new(RunCtx {
+        wire: cfg.wire,
         t0,
         warm_end,
         send_end,
@@ -247,11 +301,12 @@ async fn set_up_pairs(cfg: &PingpongConfig) -> (Vec<PairConns>, Reasons, ErrorCo
             .await
             .expect("semaphore is never closed");
         let shared = cfg.shared.clone();
+        let wire = cfg.wire;
         let task = glommio::spawn_local_into(
             async move {
                 let (a, b) = futures_lite::future::zip(
-                    set_up_one(&shared, 2 * i),
-                    set_up_one(&shared, 2 * i + 1),
+                    set_up_one(&shared, wire, 2 * i),
+                    set_up_one(&shared, wire, 2 * i + 1),
                 )
                 .await;
                 drop(permit);
@@ -271,8 +326,10 @@ async fn set_up_pairs(cfg: &PingpongConfig) -> (Vec<PairConns>, Reasons, ErrorCo
             (Ok(a), Ok(b)) => pairs.push((a, b)),
             (a, b) => {
                 for e in [a.err(), b.err()].into_iter().flatten() {
-                    if let ConnError::Refused(code) = e {
-                        errors.add(code, b"");
+                    match &e {
+                        SetupError::Conn(ConnError::Refused(code)) => errors.add(*code, b""),
+                        SetupError::NatsErr(text) => errors.add_text(text.as_bytes()),
+                        _ => {}
                     }
                     report::bump(&mut failures, &e.reason());
                 }
@@ -282,21 +339,55 @@ async fn set_up_pairs(cfg: &PingpongConfig) -> (Vec<PairConns>, Reasons, ErrorCo
     (pairs, failures, errors)
 }
 
-async fn set_up_one(shared: &Shared, index: u64) -> Result<TcpConn, ConnError> {
+/// Why one connection's setup failed.
+#[derive(Debug)]
+enum SetupError {
+    Conn(ConnError),
+    /// The NATS server answered the setup with `-ERR <text>`.
+    NatsErr(String),
+    /// Anything else wrong with the NATS server's answer.
+    Nats(&'static str),
+}
+
+impl SetupError {
+    fn reason(&self) -> String {
+        match self {
+            SetupError::Conn(e) => e.reason(),
+            SetupError::NatsErr(_) => "nats_err".into(),
+            SetupError::Nats(r) => (*r).into(),
+        }
+    }
+}
+
+impl From<ConnError> for SetupError {
+    fn from(e: ConnError) -> SetupError {
+        SetupError::Conn(e)
+    }
+}
+
+fn io_setup_err(e: impl Into<std::io::Error>) -> SetupError {
+    SetupError::Conn(ConnError::Io(io_reason(&e.into())))
+}
+
+async fn set_up_one(shared: &Shared, wire: Wire, index: u64) -> Result<TcpConn, SetupError> {
     let addr = uuid::Uuid::new_v4().into_bytes();
     let timeout = shared.setup_timeout;
     let source = conn::source_addr(index, shared.source_addrs);
     let setup = async {
-        let mut conn = Conn::open(shared.target, source, Transport::Tcp).await?;
-        conn.hello(addr, &shared.token, 1).await?;
-        Ok(conn)
+        match wire {
+            Wire::Gateway => {
+                let mut conn = Conn::open(shared.target, source, Transport::Tcp).await?;
+                conn.hello(addr, &shared.token, 1).await?;
+                Ok(conn.into_tcp_parts())
+            }
+            Wire::Nats => nats_setup(shared, source, &addr).await,
+        }
     };
-    let conn = futures_lite::future::or(setup, async {
+    let (stream, leftover) = futures_lite::future::or(setup, async {
         glommio::timer::sleep(timeout).await;
-        Err(ConnError::Timeout)
+        Err(SetupError::Conn(ConnError::Timeout))
     })
     .await?;
-    let (stream, leftover) = conn.into_tcp_parts();
     Ok(TcpConn {
         stream,
         addr,
@@ -304,10 +395,64 @@ async fn set_up_one(shared: &Shared, index: u64) -> Result<TcpConn, ConnError> {
     })
 }
 
+/// The NATS equivalent of HELLO/WELCOME: CONNECT, SUB to the own subject,
+/// PING, then wait for PONG (INFO, +OK and PING may come before it). Returns
+/// the stream and any bytes read past the PONG.
+async fn nats_setup(
+    shared: &Shared,
+    source: std::net::Ipv4Addr,
+    addr: &Addr,
+) -> Result<(TcpStream, Vec<u8>), SetupError> {
+    let mut stream = conn::start_connect(shared.target, source).map_err(io_setup_err)?;
+    stream.set_nodelay(true).map_err(io_setup_err)?;
+    let mut out = Vec::with_capacity(128);
+    nats::encode_setup(&mut out, &nats::subject(addr));
+    // The first write waits for the connect to finish and reports its error.
+    stream.write_all(&out).await.map_err(io_setup_err)?;
+    // Heap buffer for setup only: room for the longest line the parser takes.
+    let mut buf = vec![0u8; nats::MAX_LINE + 1024];
+    let (mut head, mut got) = (0, 0);
+    // Bounded by the caller's setup timeout; every pass reads or returns.
+    loop {
+        while let Some((op, used)) =
+            nats::parse(&buf[head..got]).map_err(|e| SetupError::Nats(e.name()))?
+        {
+            let base = head;
+            head += used;
+            match op {
+                nats::Op::Pong => return Ok((stream, buf[head..got].to_vec())),
+                nats::Op::Err(r) => {
+                    let text = &buf[base + r.start..base + r.end];
+                    return Err(SetupError::NatsErr(
+                        String::from_utf8_lossy(text).into_owned(),
+                    ));
+                }
+                nats::Op::Ping => stream.write_all(nats::PONG).await.map_err(io_setup_err)?,
+                nats::Op::Info | nats::Op::Ok => {}
+                nats::Op::Msg { .. } => return Err(SetupError::Nats("nats_msg_before_pong")),
+            }
+        }
+        buf.copy_within(head..got, 0);
+        got -= head;
+        head = 0;
+        if got == buf.len() {
+            return Err(SetupError::Nats(nats::ParseError::LineTooLong.name()));
+        }
+        let n = stream.read(&mut buf[got..]).await.map_err(io_setup_err)?;
+        if n == 0 {
+            return Err(SetupError::Conn(ConnError::Eof));
+        }
+        got += n;
+    }
+}
+
 /// One connection's buffers inside a pair driver.
 struct Side {
     stream: TcpStream,
     addr: Addr,
+    /// `addr` as a NATS subject (used with [`Wire::Nats`] only).
+    subject: Subject,
+    closed_reason: &'static str,
     rx: Vec<u8>,
     rx_head: usize,
     rx_tail: usize,
@@ -316,12 +461,14 @@ struct Side {
 }
 
 impl Side {
-    fn new(conn: TcpConn, rx_bytes: usize, tx_bytes: usize) -> Side {
+    fn new(conn: TcpConn, wire: Wire, rx_bytes: usize, tx_bytes: usize) -> Side {
         let mut rx = vec![0; rx_bytes.max(conn.leftover.len())];
         rx[..conn.leftover.len()].copy_from_slice(&conn.leftover);
         Side {
             stream: conn.stream,
             addr: conn.addr,
+            subject: nats::subject(&conn.addr),
+            closed_reason: wire.closed_reason(),
             rx,
             rx_head: 0,
             rx_tail: conn.leftover.len(),
@@ -340,7 +487,7 @@ impl Side {
             }
         }
         match Pin::new(&mut self.stream).poll_read(cx, &mut self.rx[self.rx_tail..]) {
-            Poll::Ready(Ok(0)) => Err("closed_by_gateway"),
+            Poll::Ready(Ok(0)) => Err(self.closed_reason),
             Poll::Ready(Ok(n)) => {
                 self.rx_tail += n;
                 Ok(true)
@@ -420,6 +567,29 @@ impl PairState {
     ) -> Result<(), &'static str> {
         let now_ns = self.ctx.ns_since_t0(now);
         let in_window = now >= self.ctx.warm_end && now < self.ctx.send_end;
+        let delivered = match self.ctx.wire {
+            Wire::Gateway => self.process_gateway(side, peer, role, now_ns)?,
+            Wire::Nats => self.process_nats(side, &nats::subject(&peer), role, now_ns)?,
+        };
+        side.compact();
+        self.result.delivered_total += delivered;
+        if in_window {
+            self.result.delivered_window += delivered;
+        }
+        self.ctx
+            .delivered_live
+            .set(self.ctx.delivered_live.get() + delivered);
+        Ok(())
+    }
+
+    /// Gateway frames; returns the DATA frames delivered.
+    fn process_gateway(
+        &mut self,
+        side: &mut Side,
+        peer: Addr,
+        role: Role,
+        now_ns: u64,
+    ) -> Result<u64, &'static str> {
         let mut delivered = 0;
         // Bounded by the bytes in the buffer: every pass consumes one frame.
         while let Some((h, at)) = side.next_frame()? {
@@ -468,15 +638,61 @@ impl PairState {
             }
             side.rx_head = end;
         }
-        side.compact();
-        self.result.delivered_total += delivered;
-        if in_window {
-            self.result.delivered_window += delivered;
+        Ok(delivered)
+    }
+
+    /// NATS operations; returns the MSGs delivered. b's echoes are PUBs to
+    /// a's subject with the payload as received.
+    fn process_nats(
+        &mut self,
+        side: &mut Side,
+        peer: &Subject,
+        role: Role,
+        now_ns: u64,
+    ) -> Result<u64, &'static str> {
+        let mut delivered = 0;
+        // Bounded by the bytes in the buffer: every pass consumes one op.
+        while let Some((op, used)) =
+            nats::parse(&side.rx[side.rx_head..side.rx_tail]).map_err(|e| e.name())?
+        {
+            let base = side.rx_head;
+            match op {
+                nats::Op::Msg {
+                    subject,
+                    sid,
+                    payload,
+                } => {
+                    delivered += 1;
+                    let payload = base + payload.start..base + payload.end;
+                    let ok = sid == nats::SID
+                        && side.rx[base + subject.start..base + subject.end] == side.subject
+                        && payload.len() == self.ctx.payload;
+                    if !ok {
+                        let what = if role == Role::A {
+                            "bad_echo"
+                        } else {
+                            "bad_data"
+                        };
+                        report::bump(&mut self.result.client_errors, what);
+                    }
+                    match role {
+                        Role::A => self.on_echo(&side.rx[payload], now_ns),
+                        Role::B => {
+                            nats::encode_pub(&mut side.tx, peer, &side.rx[payload]);
+                            self.result.echoes_sent += 1;
+                        }
+                    }
+                }
+                nats::Op::Ping => side.tx.extend_from_slice(nats::PONG),
+                nats::Op::Err(r) => self
+                    .result
+                    .errors
+                    .add_text(&side.rx[base + r.start..base + r.end]),
+                nats::Op::Info | nats::Op::Pong | nats::Op::Ok => {}
+            }
+            side.rx_head = base + used;
         }
-        self.ctx
-            .delivered_live
-            .set(self.ctx.delivered_live.get() + delivered);
-        Ok(())
+        Ok(delivered)
     }
 
     fn payload_ok(&self, h: &Header, payload: &[u8]) -> bool {
@@ -500,7 +716,7 @@ impl PairState {
     }
 
     /// Tops a's window up to W while sending is still on.
-    fn refill(&mut self, a: &mut Side, b_addr: Addr, now: Instant) {
+    fn refill(&mut self, a: &mut Side, b_addr: Addr, b_subject: &Subject, now: Instant) {
         if now >= self.ctx.send_end {
             return;
         }
@@ -509,13 +725,21 @@ impl PairState {
         while self.in_flight < self.ctx.window {
             self.next_id += 1;
             let id = self.next_id;
-            a.tx.extend_from_slice(&Header::new(kind::DATA, a.addr, b_addr, id, payload).encode());
+            match self.ctx.wire {
+                Wire::Gateway => a.tx.extend_from_slice(
+                    &Header::new(kind::DATA, a.addr, b_addr, id, payload).encode(),
+                ),
+                Wire::Nats => nats::encode_pub_head(&mut a.tx, b_subject, payload),
+            }
             a.tx.extend_from_slice(&now_ns);
             if payload >= 16 {
                 a.tx.extend_from_slice(&id.to_be_bytes());
                 a.tx.extend_from_slice(&self.ctx.fill[16..payload]);
             } else {
                 a.tx.extend_from_slice(&self.ctx.fill[8..payload]);
+            }
+            if self.ctx.wire == Wire::Nats {
+                a.tx.extend_from_slice(nats::CRLF);
             }
             self.in_flight += 1;
             self.result.sent += 1;
@@ -558,12 +782,13 @@ struct PairDriver {
 
 impl PairDriver {
     fn new(a: TcpConn, b: TcpConn, ctx: Rc<RunCtx>) -> PairDriver {
-        let frame = HEADER_LEN + ctx.payload;
+        let frame = ctx.wire.overhead() + ctx.payload;
         let rx_bytes = RX_MIN_BYTES.max(2 * frame);
         let tx_bytes = frame * ctx.window as usize;
+        let wire = ctx.wire;
         PairDriver {
-            a: Side::new(a, rx_bytes, tx_bytes),
-            b: Side::new(b, rx_bytes, tx_bytes),
+            a: Side::new(a, wire, rx_bytes, tx_bytes),
+            b: Side::new(b, wire, rx_bytes, tx_bytes),
             state: PairState {
                 ctx,
                 next_id: 0,
@@ -579,7 +804,7 @@ impl PairDriver {
     /// One round: read both sides, answer, top up, write both sides.
     fn round(&mut self, cx: &mut Context<'_>, now: Instant) -> Result<bool, &'static str> {
         let mut progress = false;
-        let (a_addr, b_addr) = (self.a.addr, self.b.addr);
+        let (a_addr, b_addr, b_subject) = (self.a.addr, self.b.addr, self.b.subject);
         if self.a.read(cx)? {
             progress = true;
             self.state.process(&mut self.a, b_addr, Role::A, now)?;
@@ -588,7 +813,7 @@ impl PairDriver {
             progress = true;
             self.state.process(&mut self.b, a_addr, Role::B, now)?;
         }
-        self.state.refill(&mut self.a, b_addr, now);
+        self.state.refill(&mut self.a, b_addr, &b_subject, now);
         progress |= self.a.flush(cx)?;
         progress |= self.b.flush(cx)?;
         Ok(progress)
@@ -678,7 +903,12 @@ fn build_report(cfg: &PingpongConfig, o: &Outcome) -> PingpongReport {
     table
         .row(
             "target",
-            format!("{} {}", cfg.shared.target_name, cfg.shared.target),
+            format!(
+                "{} {} ({})",
+                cfg.shared.target_name,
+                cfg.shared.target,
+                cfg.wire.transport_name()
+            ),
         )
         .row("pairs up / asked", format!("{pairs_up} / {}", cfg.pairs))
         .row(
@@ -706,9 +936,12 @@ fn build_report(cfg: &PingpongConfig, o: &Outcome) -> PingpongReport {
                 "{}%{}",
                 cpu.pct,
                 if cpu.pct >= CLIENT_BOUND_PCT {
-                    " (client-bound: the gateway may be faster than shown)"
+                    format!(
+                        " (client-bound: {} may be faster than shown)",
+                        cfg.shared.target_name
+                    )
                 } else {
-                    ""
+                    String::new()
                 }
             ),
         )
@@ -720,7 +953,7 @@ fn build_report(cfg: &PingpongConfig, o: &Outcome) -> PingpongReport {
     let mut m = JsonLine::default();
     m.insert("scenario", json!("pingpong"));
     m.insert("target", json!(cfg.shared.target_name));
-    m.insert("transport", json!("tcp"));
+    m.insert("transport", json!(cfg.wire.transport_name()));
     m.insert("pairs", json!(cfg.pairs));
     m.insert("pairs_up", json!(pairs_up));
     m.insert("window", json!(cfg.window));

@@ -44,6 +44,8 @@ pub fn total(reasons: &Reasons) -> u64 {
 pub struct ErrorCounts {
     by_code: BTreeMap<u16, u64>,
     sample: BTreeMap<u16, String>,
+    /// Errors that carry only a text (NATS `-ERR`), by that text.
+    by_text: Reasons,
 }
 
 impl ErrorCounts {
@@ -61,7 +63,13 @@ impl ErrorCounts {
             .or_insert_with(|| String::from_utf8_lossy(message).into_owned());
     }
 
+    /// Counts one error known only by its text (NATS `-ERR '<text>'`).
+    pub fn add_text(&mut self, text: &[u8]) {
+        bump(&mut self.by_text, &String::from_utf8_lossy(text));
+    }
+
     pub fn merge(&mut self, other: &ErrorCounts) {
+        merge(&mut self.by_text, &other.by_text);
         for (code, n) in &other.by_code {
             *self.by_code.entry(*code).or_insert(0) += n;
         }
@@ -71,7 +79,7 @@ impl ErrorCounts {
     }
 
     pub fn total(&self) -> u64 {
-        self.by_code.values().sum()
+        self.by_code.values().sum::<u64>() + total(&self.by_text)
     }
 
     /// `{"dst_offline": 3, ...}`; unknown codes appear as `code_<n>`.
@@ -80,18 +88,22 @@ impl ErrorCounts {
             self.by_code
                 .iter()
                 .map(|(code, n)| (code_label(*code), json!(n)))
+                .chain(self.by_text.iter().map(|(t, n)| (t.clone(), json!(n))))
                 .collect(),
         )
     }
 
     fn describe(&self) -> String {
-        if self.by_code.is_empty() {
+        if self.by_code.is_empty() && self.by_text.is_empty() {
             return "none".into();
         }
         let mut s = String::new();
         for (code, n) in &self.by_code {
             let sample = self.sample.get(code).map(String::as_str).unwrap_or("");
             let _ = write!(s, "{}={} ({:?}) ", code_label(*code), n, sample);
+        }
+        for (text, n) in &self.by_text {
+            let _ = write!(s, "{text:?}={n} ");
         }
         s.trim_end().to_string()
     }

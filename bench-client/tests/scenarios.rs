@@ -330,3 +330,185 @@ fn refuses_targets_outside_loopback() {
         assert!(run.stderr.contains("refusing target"), "{}", run.stderr);
     }
 }
+
+/// A minimal NATS server double for `pingpong --nats`, written from the NATS
+/// client protocol description independently of the client's `nats.rs`:
+/// INFO on connect, CONNECT, SUB, PUB -> MSG to the subscriber, PING/PONG.
+/// Every `ping_every`-th PUB it also sends the publisher a PING (the client
+/// must answer PONG) and every `err_every`-th an `-ERR 'Test Error'`.
+mod nats_double {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    pub struct Stats {
+        pub connects_without_echo_false: AtomicU64,
+        pub subs: AtomicU64,
+        pub msgs_forwarded: AtomicU64,
+        pub pings_sent: AtomicU64,
+        pub pongs_received: AtomicU64,
+        pub errs_sent: AtomicU64,
+        pub open: AtomicU64,
+        pub bad_lines: AtomicU64,
+    }
+
+    type Subs = Arc<Mutex<HashMap<String, (Arc<Mutex<TcpStream>>, String)>>>;
+
+    pub fn start(ping_every: u64, err_every: u64) -> (SocketAddr, Arc<Stats>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let subs: Subs = Arc::default();
+        let st = stats.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                st.open.fetch_add(1, Ordering::SeqCst);
+                let (st, subs) = (st.clone(), subs.clone());
+                std::thread::spawn(move || {
+                    serve(stream, &st, &subs, ping_every, err_every);
+                    st.open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, stats)
+    }
+
+    fn serve(stream: TcpStream, st: &Stats, subs: &Subs, ping_every: u64, err_every: u64) {
+        stream.set_nodelay(true).unwrap();
+        let out = Arc::new(Mutex::new(stream.try_clone().unwrap()));
+        let send = |w: &Arc<Mutex<TcpStream>>, bytes: &[u8]| {
+            let _ = w.lock().unwrap().write_all(bytes);
+        };
+        send(
+            &out,
+            b"INFO {\"server_id\":\"double\",\"max_payload\":1048576}\r\n",
+        );
+        let mut rd = BufReader::new(stream);
+        let mut line = String::new();
+        let mut pubs = 0u64;
+        loop {
+            line.clear();
+            match rd.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let Some(l) = line.strip_suffix("\r\n") else {
+                st.bad_lines.fetch_add(1, Ordering::SeqCst);
+                return;
+            };
+            let parts: Vec<&str> = l.split(' ').collect();
+            match parts[0] {
+                "CONNECT" => {
+                    if !l.contains("\"echo\":false") {
+                        st.connects_without_echo_false
+                            .fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                "SUB" if parts.len() == 3 => {
+                    st.subs.fetch_add(1, Ordering::SeqCst);
+                    subs.lock()
+                        .unwrap()
+                        .insert(parts[1].to_string(), (out.clone(), parts[2].to_string()));
+                }
+                "PING" => send(&out, b"PONG\r\n"),
+                "PONG" => {
+                    st.pongs_received.fetch_add(1, Ordering::SeqCst);
+                }
+                "PUB" if parts.len() == 3 => {
+                    let len: usize = parts[2].parse().unwrap();
+                    let mut payload = vec![0u8; len + 2];
+                    if rd.read_exact(&mut payload).is_err() {
+                        return;
+                    }
+                    let to = subs.lock().unwrap().get(parts[1]).cloned();
+                    if let Some((w, sid)) = to {
+                        let mut msg = format!("MSG {} {} {}\r\n", parts[1], sid, len).into_bytes();
+                        msg.extend_from_slice(&payload);
+                        send(&w, &msg);
+                        st.msgs_forwarded.fetch_add(1, Ordering::SeqCst);
+                    }
+                    pubs += 1;
+                    if ping_every > 0 && pubs.is_multiple_of(ping_every) {
+                        st.pings_sent.fetch_add(1, Ordering::SeqCst);
+                        send(&out, b"PING\r\n");
+                    }
+                    if err_every > 0 && pubs.is_multiple_of(err_every) {
+                        st.errs_sent.fetch_add(1, Ordering::SeqCst);
+                        send(&out, b"-ERR 'Test Error'\r\n");
+                    }
+                }
+                _ => {
+                    st.bad_lines.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pingpong_nats_counts_match_the_double() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (addr, st) = nats_double::start(100, 1000);
+    let target = addr.to_string();
+    let run = bench(&[
+        "pingpong",
+        "--nats",
+        &target,
+        "--pairs",
+        "8",
+        "--window",
+        "8",
+        "--payload",
+        "64",
+        "--duration-s",
+        "2",
+        "--warmup-s",
+        "1",
+        "--cpu",
+        "1",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let j = run.json();
+    assert_eq!(j["scenario"], "pingpong");
+    assert_eq!(j["target"], "nats");
+    assert_eq!(j["transport"], "nats");
+    assert_eq!(n(&j, "pairs_up"), 8);
+    assert!(n(&j, "delivered") > 0);
+    assert!(j["p50_us"].as_f64().unwrap() > 0.0);
+    assert_eq!(n(&j, "lost"), 0, "{j}");
+    assert_eq!(j["client_errors"], serde_json::json!({}));
+    assert_eq!(j["setup_failures"], serde_json::json!({}));
+    // Wait for the double to see every connection close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while st.open.load(SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(st.open.load(SeqCst), 0);
+    assert_eq!(st.subs.load(SeqCst), 16);
+    assert_eq!(st.connects_without_echo_false.load(SeqCst), 0);
+    assert_eq!(st.bad_lines.load(SeqCst), 0);
+    assert_eq!(st.msgs_forwarded.load(SeqCst), n(&j, "delivered_total"));
+    assert_eq!(
+        n(&j, "sent") + n(&j, "echoes_sent"),
+        n(&j, "delivered_total")
+    );
+    assert_eq!(n(&j, "sent"), n(&j, "echoed"));
+    // Server PINGs were answered and -ERRs counted by their text. A PING or
+    // -ERR sent after a connection's last message may reach a client that
+    // has already finished: at most one of each per connection.
+    let (pings, pongs) = (st.pings_sent.load(SeqCst), st.pongs_received.load(SeqCst));
+    assert!(
+        pongs > 0 && pongs <= pings && pings - pongs <= 16,
+        "{pings} {pongs}"
+    );
+    let (errs, counted) = (st.errs_sent.load(SeqCst), n(&j, "errors_total"));
+    assert!(
+        counted > 0 && counted <= errs && errs - counted <= 16,
+        "{errs} {j}"
+    );
+    assert_eq!(j["errors"]["Test Error"], counted);
+}
