@@ -19,6 +19,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+/// Capacity of the empty write queue kept for reuse; more is freed.
+const QUEUE_KEEP: usize = 4096;
+
 /// STATE_GETs that may wait for the database at once; more are answered
 /// `store_unavailable`.
 const GETS_IN_FLIGHT_MAX: usize = 1024;
@@ -421,6 +424,10 @@ impl StateService {
         while let Some(w) = waiting.pop_back() {
             self.queue.push_front(w);
         }
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEEP {
+            // Give back what a burst of writes grew.
+            self.queue = VecDeque::new();
+        }
         for w in &writes {
             *self.inflight_addrs.entry(w.addr).or_insert(0) += 1;
         }
@@ -432,7 +439,9 @@ impl StateService {
         self.inflight_writes += writes.len();
         let presence: Vec<PresenceRow> = if take_presence {
             self.presence_in_flight = !self.presence.is_empty();
-            self.presence.drain().map(|(_, r)| r).collect()
+            // Taken, not drained: a burst of connections must not leave a
+            // large table behind for the life of the process.
+            std::mem::take(&mut self.presence).into_values().collect()
         } else {
             Vec::new()
         };
