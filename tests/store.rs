@@ -856,22 +856,11 @@ fn thousand_writes_from_a_hundred_clients(backend: &Backend) {
     }
 
     if backend.mariadb {
-        let addrs: Vec<Uuid> = last.iter().map(|(addr, _, _)| *addr).collect();
-        let rows = mariadb::state_rows(SHARED_PORT, &addrs);
-        for (addr, blob, at) in &last {
-            let row = rows
-                .get(addr)
-                .unwrap_or_else(|| panic!("no gateway_state row for {addr}"));
-            assert_eq!(
-                row.state_hex,
-                hex_upper(blob),
-                "gateway_state.state of {addr}"
-            );
-            assert_eq!(
-                row.updated_at_us, *at,
-                "gateway_state.updated_at_us of {addr}"
-            );
-        }
+        mariadb::assert_state_rows(
+            SHARED_PORT,
+            last.iter()
+                .map(|(addr, blob, at)| (*addr, blob.as_slice(), *at)),
+        );
     }
 }
 

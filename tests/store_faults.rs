@@ -25,7 +25,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::mariadb::{self, hex_upper, MariaDbServer};
+use common::mariadb::{self, MariaDbServer};
 use common::tcp::assert_error;
 use common::{addr_on_shard, code, kind, Event, Frame, Gateway, TcpClient, NIL};
 use uuid::Uuid;
@@ -142,19 +142,11 @@ fn collect_acks(
 /// Asserts that the database and the gateway both hold `last` for every
 /// address: (blob, updated_at_us of its ACK).
 fn assert_stored(db: &MariaDbServer, gw: &Gateway, last: &HashMap<Uuid, (Vec<u8>, u64)>) {
-    let addrs: Vec<Uuid> = last.keys().copied().collect();
-    let rows = mariadb::state_rows(db.port, &addrs);
-    for (addr, (blob, at)) in last {
-        let row = rows.get(addr).unwrap_or_else(|| {
-            panic!("no gateway_state row for {addr}: an acknowledged write is lost")
-        });
-        assert_eq!(
-            (row.state_hex.as_str(), row.updated_at_us),
-            (hex_upper(blob).as_str(), *at),
-            "gateway_state of {addr} is not its last acknowledged write {:?}",
-            String::from_utf8_lossy(blob)
-        );
-    }
+    mariadb::assert_state_rows(
+        db.port,
+        last.iter()
+            .map(|(addr, (blob, at))| (*addr, blob.as_slice(), *at)),
+    );
     let mut reader = TcpClient::hello(gw.tcp_addr(), Uuid::new_v4());
     for (i, (addr, (blob, at))) in last.iter().enumerate() {
         let state = reader.get_state(*addr, 9000 + i as u64);
@@ -419,20 +411,11 @@ fn shutdown_while_the_database_is_down_gives_up_after_the_flush_deadline() {
 
     // What was never acknowledged was never claimed; what was is there.
     db.start();
-    let addrs: Vec<Uuid> = last.keys().copied().collect();
-    let rows = mariadb::state_rows(db.port, &addrs);
-    for (addr, (blob, at)) in &last {
-        let row = rows.get(addr).expect("row of an acknowledged write");
-        assert_eq!(
-            row.state_hex,
-            hex_upper(blob),
-            "gateway_state.state of {addr}"
-        );
-        assert_eq!(
-            row.updated_at_us, *at,
-            "gateway_state.updated_at_us of {addr}"
-        );
-    }
+    mariadb::assert_state_rows(
+        db.port,
+        last.iter()
+            .map(|(addr, (blob, at))| (*addr, blob.as_slice(), *at)),
+    );
 }
 
 #[test]

@@ -188,6 +188,29 @@ pub struct StateRow {
     pub updated_at_us: u64,
 }
 
+/// Asserts that `gateway_state` holds, for every `(address, state,
+/// updated_at_us)`, exactly that state and time: an acknowledged write that
+/// is missing or stale fails the test.
+pub fn assert_state_rows<'a>(port: u16, expected: impl IntoIterator<Item = (Uuid, &'a [u8], u64)>) {
+    let expected: Vec<(Uuid, &[u8], u64)> = expected.into_iter().collect();
+    let addrs: Vec<Uuid> = expected.iter().map(|(a, _, _)| *a).collect();
+    let rows = state_rows(port, &addrs);
+    for (addr, blob, at) in expected {
+        let row = rows.get(&addr).unwrap_or_else(|| {
+            panic!("no gateway_state row for {addr}: an acknowledged write is lost")
+        });
+        assert_eq!(
+            row.state_hex,
+            hex_upper(blob),
+            "gateway_state.state of {addr}"
+        );
+        assert_eq!(
+            row.updated_at_us, at,
+            "gateway_state.updated_at_us of {addr}"
+        );
+    }
+}
+
 /// Reads the `gateway_state` rows of `addresses`, keyed by address; the
 /// address column is compared as 16 raw bytes (`unhex`).
 pub fn state_rows(port: u16, addresses: &[Uuid]) -> std::collections::HashMap<Uuid, StateRow> {
