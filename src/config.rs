@@ -126,6 +126,9 @@ pub struct Store {
     pub mysql_url: String,
     /// Directory of the embedded store (`gateway.sqlite3`).
     pub data_dir: std::path::PathBuf,
+    /// Page cache of the embedded store, in KiB (a fixed cost, not per
+    /// connection).
+    pub sqlite_cache_kib: u32,
     /// A batch is committed once it has this many rows...
     pub batch_rows: usize,
     /// ...and carries at most this many (a backlog that built up during the
@@ -221,6 +224,7 @@ impl Default for Store {
         Store {
             mysql_url: String::new(),
             data_dir: std::path::PathBuf::from("gateway-data"),
+            sqlite_cache_kib: 512,
             batch_rows: 512,
             batch_rows_max: 8192,
             commits_in_flight: 1,

@@ -170,7 +170,7 @@ impl StateService {
     pub fn describe(&self) -> String {
         match &self.store_cfg {
             StoreConfig::Mysql { url, .. } => format!("mysql {}", redact(url)),
-            StoreConfig::Sqlite { data_dir } => format!("sqlite {}", data_dir.display()),
+            StoreConfig::Sqlite { data_dir, .. } => format!("sqlite {}", data_dir.display()),
         }
     }
 
@@ -633,6 +633,7 @@ pub fn store_config(cfg: &config::Store) -> StoreConfig {
     if url.is_empty() {
         StoreConfig::Sqlite {
             data_dir: cfg.data_dir.clone(),
+            cache_kib: cfg.sqlite_cache_kib,
         }
     } else {
         StoreConfig::Mysql {

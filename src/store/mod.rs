@@ -148,8 +148,9 @@ pub enum StoreConfig {
     /// tests use a unique prefix each).
     Mysql { url: String, table_prefix: String },
     /// The embedded store: `<data_dir>/gateway.sqlite3` (the directory is
-    /// created), tables prefixed [`DEFAULT_TABLE_PREFIX`].
-    Sqlite { data_dir: PathBuf },
+    /// created), tables prefixed [`DEFAULT_TABLE_PREFIX`], with a page cache
+    /// of at most `cache_kib` KiB.
+    Sqlite { data_dir: PathBuf, cache_kib: u32 },
 }
 
 impl StoreConfig {
@@ -171,9 +172,13 @@ impl fmt::Debug for StoreConfig {
                 .field("url", &mysql::redact_url(url))
                 .field("table_prefix", table_prefix)
                 .finish(),
-            StoreConfig::Sqlite { data_dir } => f
+            StoreConfig::Sqlite {
+                data_dir,
+                cache_kib,
+            } => f
                 .debug_struct("Sqlite")
                 .field("data_dir", data_dir)
+                .field("cache_kib", cache_kib)
                 .finish(),
         }
     }
@@ -202,9 +207,10 @@ impl Store {
             StoreConfig::Mysql { url, table_prefix } => {
                 Backend::Mysql(mysql::MysqlStore::open(url, table_prefix).await?)
             }
-            StoreConfig::Sqlite { data_dir } => {
-                Backend::Sqlite(sqlite::SqliteStore::open(data_dir).await?)
-            }
+            StoreConfig::Sqlite {
+                data_dir,
+                cache_kib,
+            } => Backend::Sqlite(sqlite::SqliteStore::open(data_dir, *cache_kib).await?),
         };
         Ok(Store { backend })
     }

@@ -1,6 +1,13 @@
 //! Shaping a commit into statements, the same for both backends: drop state
 //! rows that a later row for the same address overrides, and cut each table's
 //! rows into chunks that keep one statement under the server's limits.
+//!
+//! Every chunk holds a power of two of rows. Both backends keep prepared
+//! statements in a cache keyed by the SQL text, and a multi-row upsert's text
+//! depends on its row count: with arbitrary counts the cache would fill with
+//! up to its capacity of near-512-row statements (MySQL keeps the metadata of
+//! every placeholder, about 1.3 MB for 32 of them), where powers of two bound
+//! the shapes to ten per table.
 
 use super::{PresenceRow, StateRow};
 use std::collections::HashSet;
@@ -9,6 +16,7 @@ use std::collections::HashSet;
 /// 65,535 per statement; SQLite 32,766 by default) at 5 columns, and large
 /// enough that a 512-row batch is one statement per table.
 pub const STATEMENT_ROWS_MAX: usize = 512;
+const _: () = assert!(STATEMENT_ROWS_MAX.is_power_of_two());
 
 /// Longest peer address kept, in characters (`VARCHAR(255)` in MySQL). A
 /// socket address is at most 47 (`[v6%scope]:port`); anything longer is cut.
@@ -42,31 +50,53 @@ pub(crate) fn presence_row_bytes(row: &PresenceRow) -> usize {
     ROW_OVERHEAD_BYTES + row.peer.as_ref().map_or(0, String::len)
 }
 
+/// The row counts that `n` rows are cut into: the powers of two of `n`'s
+/// binary form, largest first (300 -> 256, 32, 8, 4). No count exceeds
+/// `rows_max` when `n` does not.
+pub(crate) fn power_of_two_counts(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (n > 0).then(|| {
+            let count = 1 << (usize::BITS - 1 - n.leading_zeros());
+            n -= count;
+            count
+        })
+    })
+}
+
 /// `rows` cut, in order, into consecutive chunks of at most `rows_max` rows
-/// whose `row_bytes` add up to at most `bytes_max`. A single row larger than
-/// `bytes_max` still gets a chunk of its own (the server then decides).
-pub(crate) fn chunks<T>(
-    rows: &[T],
+/// whose `row_bytes` add up to at most `bytes_max`, each chunk's row count a
+/// power of two (see the module note). A single row larger than `bytes_max`
+/// still gets a chunk of its own (the server then decides).
+pub(crate) fn chunks<'a, T>(
+    rows: &'a [T],
     rows_max: usize,
     bytes_max: usize,
     row_bytes: fn(&T) -> usize,
-) -> Vec<&[T]> {
+) -> Vec<&'a [T]> {
     assert!(rows_max > 0, "a chunk must hold at least one row");
     let mut out = Vec::with_capacity(rows.len() / rows_max + 1);
+    let mut push = |chunk: &'a [T]| {
+        let mut rest = chunk;
+        for count in power_of_two_counts(chunk.len()) {
+            let (piece, tail) = rest.split_at(count);
+            out.push(piece);
+            rest = tail;
+        }
+    };
     let mut start = 0;
     let mut bytes = 0usize;
     for (i, row) in rows.iter().enumerate() {
         let size = row_bytes(row);
         let count = i - start;
         if count > 0 && (count == rows_max || bytes.saturating_add(size) > bytes_max) {
-            out.push(&rows[start..i]);
+            push(&rows[start..i]);
             start = i;
             bytes = 0;
         }
         bytes = bytes.saturating_add(size);
     }
     if start < rows.len() {
-        out.push(&rows[start..]);
+        push(&rows[start..]);
     }
     out
 }
@@ -124,7 +154,8 @@ mod tests {
     fn chunks_by_rows() {
         let rows = vec![1usize; 1_100];
         let c = chunks(&rows, 512, usize::MAX, |r| *r);
-        assert_eq!(sizes(&c), [512, 512, 76]);
+        assert_eq!(sizes(&c), [512, 512, 64, 8, 4]);
+        assert_eq!(c.concat(), rows);
         assert!(chunks(&rows[..0], 512, usize::MAX, |r| *r).is_empty());
     }
 
@@ -132,9 +163,28 @@ mod tests {
     fn chunks_by_bytes_keep_order_and_oversized_rows_alone() {
         let rows = [10usize, 10, 10, 100, 10, 5, 5];
         let c = chunks(&rows, 512, 25, |r| *r);
-        assert_eq!(c, [&[10, 10][..], &[10], &[100], &[10, 5, 5]]);
+        assert_eq!(c, [&[10, 10][..], &[10], &[100], &[10, 5], &[5]]);
         let flat: Vec<usize> = c.concat();
         assert_eq!(flat, rows);
+    }
+
+    #[test]
+    fn counts_are_the_binary_form_largest_first() {
+        assert_eq!(power_of_two_counts(0).count(), 0);
+        assert_eq!(power_of_two_counts(1).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            power_of_two_counts(300).collect::<Vec<_>>(),
+            [256, 32, 8, 4]
+        );
+        assert_eq!(power_of_two_counts(511).sum::<usize>(), 511);
+        assert_eq!(power_of_two_counts(512).collect::<Vec<_>>(), [512]);
+        // Every chunk length of any batch is one of the 10 shapes.
+        for n in 0..2_000 {
+            let rows = vec![1usize; n];
+            for c in chunks(&rows, STATEMENT_ROWS_MAX, usize::MAX, |r| *r) {
+                assert!(c.len().is_power_of_two() && c.len() <= STATEMENT_ROWS_MAX);
+            }
+        }
     }
 
     #[test]

@@ -38,8 +38,8 @@ const REQUESTS_QUEUED_MAX: usize = 64;
 /// shell) that holds the write lock, before failing with a transient error.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Prepared statements kept: the full-chunk upserts, the remainders in use,
-/// the reads.
+/// Prepared statements kept: the upserts (ten row counts per table, see
+/// `rows`) and the reads.
 const STATEMENT_CACHE_CAPACITY: usize = 32;
 
 enum Request {
@@ -66,13 +66,13 @@ pub(crate) struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub(crate) async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+    pub(crate) async fn open(data_dir: &Path, cache_kib: u32) -> Result<SqliteStore, StoreError> {
         let (requests, inbox) = mpsc::channel(REQUESTS_QUEUED_MAX);
         let (opened_tx, opened) = oneshot::channel();
         let data_dir = data_dir.to_path_buf();
         std::thread::Builder::new()
             .name("gateway-sqlite".into())
-            .spawn(move || run(data_dir, inbox, opened_tx))
+            .spawn(move || run(data_dir, cache_kib, inbox, opened_tx))
             .map_err(StoreError::Thread)?;
         match opened.await {
             Ok(Ok(())) => Ok(SqliteStore { requests }),
@@ -139,10 +139,11 @@ impl SqliteStore {
 /// until the store is dropped.
 fn run(
     data_dir: PathBuf,
+    cache_kib: u32,
     mut inbox: mpsc::Receiver<Request>,
     opened: oneshot::Sender<Result<(), StoreError>>,
 ) {
-    let mut conn = match open_db(&data_dir) {
+    let mut conn = match open_db(&data_dir, cache_kib) {
         Ok(conn) => conn,
         Err(e) => {
             let _ = opened.send(Err(e));
@@ -184,7 +185,7 @@ fn run(
     }
 }
 
-fn open_db(data_dir: &Path) -> Result<Connection, StoreError> {
+pub(super) fn open_db(data_dir: &Path, cache_kib: u32) -> Result<Connection, StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
         path: data_dir.to_path_buf(),
         source,
@@ -210,6 +211,10 @@ fn open_db(data_dir: &Path) -> Result<Connection, StoreError> {
             "sqlite kept synchronous={synchronous}, not FULL"
         )));
     }
+    // Negative: a size in KiB rather than in pages. The cache is the
+    // store's largest fixed cost in the gateway's memory; the kernel's page
+    // cache backs it.
+    conn.pragma_update(None, "cache_size", -i64::from(cache_kib))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     migrate(&mut conn)?;
     Ok(conn)
@@ -250,6 +255,21 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
 }
 
+/// `values` (`columns` per row) cut into the statements' chunks: at most
+/// `STATEMENT_ROWS_MAX` rows each, row counts powers of two (see `rows`).
+fn row_chunks<T>(values: &[T], columns: usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    for full in values.chunks(STATEMENT_ROWS_MAX * columns) {
+        let mut rest = full;
+        for count in rows::power_of_two_counts(full.len() / columns) {
+            let (piece, tail) = rest.split_at(count * columns);
+            out.push(piece);
+            rest = tail;
+        }
+    }
+    out
+}
+
 fn commit(
     conn: &mut Connection,
     states: &[StateRow],
@@ -284,7 +304,7 @@ fn commit(
     // Taken at once: a deferred transaction could fail to upgrade its
     // lock halfway if another process wrote meanwhile.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for chunk in state_values.chunks(STATEMENT_ROWS_MAX * 3) {
+    for chunk in row_chunks(&state_values, 3) {
         // Last row wins within one statement too: SQLite applies the rows
         // of a multi-row upsert in order.
         let sql = format!(
@@ -296,7 +316,7 @@ fn commit(
         tx.prepare_cached(&sql)?
             .execute(rusqlite::params_from_iter(chunk))?;
     }
-    for chunk in presence_values.chunks(STATEMENT_ROWS_MAX * 5) {
+    for chunk in row_chunks(&presence_values, 5) {
         // In DO UPDATE a bare column is the stored row, so every assignment
         // reads the old values.
         let sql = format!(

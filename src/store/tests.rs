@@ -40,6 +40,7 @@ impl TestDb {
             },
             Kind::Sqlite => StoreConfig::Sqlite {
                 data_dir: std::env::temp_dir().join(format!("gwtest-{unique}")),
+                cache_kib: 512,
             },
         };
         TestDb { cfg }
@@ -55,7 +56,7 @@ impl TestDb {
                     eprintln!("could not drop the test tables {p}*: {e}");
                 }
             }
-            StoreConfig::Sqlite { data_dir } => {
+            StoreConfig::Sqlite { data_dir, .. } => {
                 let _ = std::fs::remove_dir_all(data_dir);
             }
         }
@@ -94,7 +95,7 @@ async fn exec_outside(cfg: &StoreConfig, sql_with_prefix: &str) {
             let sql = schema::with_prefix(sql_with_prefix, table_prefix).replace('"', "`");
             mysql_exec(url, &sql).await.expect("mysql statement");
         }
-        StoreConfig::Sqlite { data_dir } => {
+        StoreConfig::Sqlite { data_dir, .. } => {
             let sql = schema::with_prefix(sql_with_prefix, DEFAULT_TABLE_PREFIX);
             let conn = rusqlite::Connection::open(data_dir.join(sqlite::FILE_NAME)).unwrap();
             conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -116,7 +117,7 @@ async fn schema_versions(cfg: &StoreConfig) -> Vec<u32> {
             conn.disconnect().await.unwrap();
             v
         }
-        StoreConfig::Sqlite { data_dir } => {
+        StoreConfig::Sqlite { data_dir, .. } => {
             let conn = rusqlite::Connection::open(data_dir.join(sqlite::FILE_NAME)).unwrap();
             let mut stmt = conn
                 .prepare("SELECT version FROM gateway_schema_version ORDER BY version")
@@ -564,12 +565,13 @@ async fn an_unreachable_mysql_is_a_transient_error() {
 #[tokio::test]
 async fn sqlite_creates_its_directory_and_runs_in_wal_full() {
     let db = TestDb::new(Kind::Sqlite);
-    let StoreConfig::Sqlite { data_dir } = &db.cfg else {
+    let StoreConfig::Sqlite { data_dir, .. } = &db.cfg else {
         unreachable!()
     };
     let nested = data_dir.join("a/b");
     let cfg = StoreConfig::Sqlite {
         data_dir: nested.clone(),
+        cache_kib: 256,
     };
     let store = open(&cfg).await;
     assert!(nested.join(sqlite::FILE_NAME).is_file());
@@ -584,6 +586,20 @@ async fn sqlite_creates_its_directory_and_runs_in_wal_full() {
     db.remove().await;
 }
 
+/// The configured page cache is what the store's connection runs with.
+#[test]
+fn sqlite_page_cache_follows_the_configuration() {
+    let dir = std::env::temp_dir().join(format!("gwtest-cache-{}", Uuid::new_v4().simple()));
+    for kib in [256u32, 4096] {
+        let conn = sqlite::open_db(&dir, kib).unwrap();
+        let size: i64 = conn
+            .pragma_query_value(None, "cache_size", |r| r.get(0))
+            .unwrap();
+        assert_eq!(size, -i64::from(kib));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A file where the data directory should be: a clear error, not a panic.
 #[tokio::test]
 async fn sqlite_data_dir_that_is_a_file() {
@@ -591,6 +607,7 @@ async fn sqlite_data_dir_that_is_a_file() {
     std::fs::write(&path, b"not a directory").unwrap();
     let r = Store::open(&StoreConfig::Sqlite {
         data_dir: path.clone(),
+        cache_kib: 512,
     })
     .await;
     std::fs::remove_file(&path).unwrap();
