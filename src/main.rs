@@ -45,7 +45,25 @@ struct Cli {
     max_payload_bytes: Option<u32>,
 }
 
+/// The MySQL driver keeps a process-wide pool of packet buffers, by default
+/// up to 128 of up to 4 MiB each (512 MiB after a burst of large state
+/// writes). The gateway bounds it to 16 buffers of at most 256 KiB; a larger
+/// packet still works, its buffer is shrunk when it comes back. The driver
+/// reads these variables once, at its first use; an operator's own values
+/// win.
+const MYSQL_BUFFER_POOL: [(&str, &str); 2] = [
+    ("MYSQL_ASYNC_BUFFER_POOL_CAP", "16"),
+    ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "262144"),
+];
+
 fn main() {
+    // Before any thread exists: the environment is only safe to change
+    // while nothing else can read it.
+    for (key, value) in MYSQL_BUFFER_POOL {
+        if std::env::var_os(key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
     if let Err(e) = real_main() {
         eprintln!("gateway: {e:#}");
         std::process::exit(1);
