@@ -28,9 +28,31 @@ pub enum Command {
     Pingpong(PingpongArgs),
     /// Open C idle connections, keep them alive with heartbeats, measure RSS.
     Hold(HoldArgs),
+    /// `hold` plus DATA: P pairs taken from the held connections ping-pong
+    /// one message at a time at a fixed rate; round trips, errors, losses.
+    Soak(SoakArgs),
     /// W writers, each with one STATE_PUT in flight: acknowledged writes per
     /// second and the time from STATE_PUT to its STATE_ACK.
     State(StateArgs),
+    /// S senders, R receivers, max(S, R) one-way streams with W frames of
+    /// credit each: fan-in / fan-out throughput and one-way latency.
+    Fan(FanArgs),
+    /// C loops of connect, HELLO with a fresh address, WELCOME, close:
+    /// handshakes per second and connect-to-WELCOME latency.
+    Churn(ChurnArgs),
+    /// Draw SVG charts for BENCHMARKS.md from saved JSON lines (no load).
+    Plot(PlotArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// File of JSON lines, one run's last stdout line each (repeatable).
+    /// Lines that are not JSON objects with a "scenario" field are skipped.
+    #[arg(long, required = true)]
+    pub input: Vec<std::path::PathBuf>,
+    /// Directory for the SVG files (created if missing).
+    #[arg(long = "out-dir")]
+    pub out_dir: std::path::PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -70,7 +92,7 @@ pub struct Common {
     #[arg(long, default_value_t = 1)]
     pub cpu: usize,
     /// Label of the system under test, copied into the JSON line
-    /// [default: gateway, or nats with `pingpong --nats`].
+    /// [default: gateway, or nats / mosquitto with --nats / --mqtt].
     #[arg(long = "target-name")]
     pub target_name: Option<String>,
     /// HELLO auth token (UTF-8); empty when the gateway runs without auth.
@@ -102,7 +124,7 @@ pub struct Common {
 }
 
 #[derive(Args, Debug)]
-#[group(id = "target", required = true, multiple = false, args = ["tcp", "nats"])]
+#[group(id = "target", required = true, multiple = false, args = ["tcp", "nats", "mqtt"])]
 pub struct PingpongArgs {
     /// Gateway TCP address (127.0.0.0/8 only).
     #[arg(long)]
@@ -111,6 +133,11 @@ pub struct PingpongArgs {
     /// the same pairs and echoes over PUB/SUB, one subject per endpoint.
     #[arg(long)]
     pub nats: Option<String>,
+    /// Instead of the gateway, an MQTT 3.1.1 broker such as Mosquitto
+    /// (127.0.0.0/8 only, no auth): the same pairs and echoes as QoS 0
+    /// PUBLISHes, one topic per endpoint.
+    #[arg(long)]
+    pub mqtt: Option<String>,
     /// Number of connection pairs.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=9000))]
     pub pairs: u32,
@@ -135,16 +162,29 @@ pub struct PingpongArgs {
 }
 
 #[derive(Args, Debug)]
-#[group(id = "target", required = true, multiple = false, args = ["tcp", "ws"])]
+#[group(id = "target", required = true, multiple = false, args = ["tcp", "ws", "nats", "mqtt"])]
 pub struct HoldArgs {
-    /// Gateway TCP address (127.0.0.0/8 only).
-    #[arg(long)]
-    pub tcp: Option<String>,
+    /// Gateway TCP address (127.0.0.0/8 only). Repeat it or give a comma
+    /// list to spread the connections round robin over several listen
+    /// addresses of the gateway.
+    #[arg(long, value_delimiter = ',')]
+    pub tcp: Vec<String>,
     /// Gateway WebSocket address (127.0.0.0/8 only); the path is /ws.
-    #[arg(long)]
-    pub ws: Option<String>,
-    /// Connections to open.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=19_900))]
+    /// Repeatable or a comma list, like --tcp.
+    #[arg(long, value_delimiter = ',')]
+    pub ws: Vec<String>,
+    /// Instead of the gateway, a NATS server (127.0.0.0/8 only, no auth):
+    /// CONNECT + SUB + PING, up at PONG; PING as the heartbeat. `hold` only.
+    #[arg(long, value_delimiter = ',')]
+    pub nats: Vec<String>,
+    /// Instead of the gateway, an MQTT 3.1.1 broker such as Mosquitto
+    /// (127.0.0.0/8 only, no auth): CONNECT + SUBSCRIBE, up at SUBACK;
+    /// PINGREQ as the heartbeat. `hold` only.
+    #[arg(long, value_delimiter = ',')]
+    pub mqtt: Vec<String>,
+    /// Connections to open (up to a million; the open-file limit is checked
+    /// before the first connect).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub conns: u32,
     /// Heartbeat interval per connection (spread over the interval).
     #[arg(long = "heartbeat-s", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -155,12 +195,73 @@ pub struct HoldArgs {
     /// New connections started per second.
     #[arg(long = "connect-rate", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub connect_rate: u32,
-    /// Gateway process id whose VmRSS is reported (omit to skip).
-    #[arg(long = "gateway-pid")]
-    pub gateway_pid: Option<u32>,
+    /// Process id of the server under test (gateway, nats-server,
+    /// mosquitto) whose VmRSS is reported (omit to skip).
+    #[arg(long = "server-pid", visible_alias = "gateway-pid")]
+    pub server_pid: Option<u32>,
     /// Wait after the last setup before reading the loaded RSS.
     #[arg(long = "settle-s", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub settle_s: u64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+#[group(id = "target", required = true, multiple = false, args = ["tcp", "nats", "mqtt"])]
+pub struct FanArgs {
+    /// Gateway TCP address (127.0.0.0/8 only).
+    #[arg(long)]
+    pub tcp: Option<String>,
+    /// Instead of the gateway, a NATS server (127.0.0.0/8 only, no auth);
+    /// every endpoint's subject is its address in hex.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Instead of the gateway, an MQTT 3.1.1 broker (127.0.0.0/8 only, no
+    /// auth); every endpoint's topic is its address in hex, QoS 0.
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// Sending connections; stream k is sent by sender k % S.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=9000))]
+    pub senders: u32,
+    /// Receiving connections; stream k is received by receiver k % R.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=9000))]
+    pub receivers: u32,
+    /// DATA frames per stream sent and not yet credited back; receivers
+    /// credit every ceil(W/2) frames.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub window: u32,
+    /// DATA payload bytes (the first 16 carry send time, stream, sequence).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub payload: u32,
+    /// Measured time, after the warmup.
+    #[arg(long = "duration-s", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_s: u64,
+    /// Traffic before measuring starts.
+    #[arg(long = "warmup-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub warmup_s: u64,
+    /// Longest wait, after sending stops, for every frame sent to be
+    /// delivered or refused; what is missing then is reported as lost.
+    #[arg(long = "drain-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub drain_s: u64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+#[group(id = "target", required = true, multiple = false, args = ["tcp", "ws"])]
+pub struct ChurnArgs {
+    /// Gateway TCP address (127.0.0.0/8 only).
+    #[arg(long)]
+    pub tcp: Option<String>,
+    /// Gateway WebSocket address (127.0.0.0/8 only); the path is /ws.
+    #[arg(long)]
+    pub ws: Option<String>,
+    /// Loops running at once, each one handshake after another.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+    /// How long loops start new handshakes.
+    #[arg(long = "duration-s", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_s: u64,
     #[command(flatten)]
     pub common: Common,
 }
@@ -201,23 +302,81 @@ impl Common {
 }
 
 impl HoldArgs {
-    pub fn transport_and_target(&self) -> (Transport, &str) {
-        match (&self.tcp, &self.ws) {
-            (Some(t), _) => (Transport::Tcp, t),
-            (None, Some(w)) => (Transport::Ws, w),
-            (None, None) => unreachable!("clap requires --tcp or --ws"),
+    /// What the connections talk to, over which transport (NATS and MQTT:
+    /// plain TCP), and its addresses (at least one).
+    pub fn targets(&self) -> (Wire, Transport, &[String]) {
+        let given = [
+            (Wire::Gateway, Transport::Tcp, &self.tcp),
+            (Wire::Gateway, Transport::Ws, &self.ws),
+            (Wire::Nats, Transport::Tcp, &self.nats),
+            (Wire::Mqtt, Transport::Tcp, &self.mqtt),
+        ];
+        given
+            .into_iter()
+            .find(|(_, _, addrs)| !addrs.is_empty())
+            .map(|(wire, transport, addrs)| (wire, transport, addrs.as_slice()))
+            .expect("clap requires one target")
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub hold: HoldArgs,
+    /// DATA pairs taken from the held connections (0: none, a plain hold
+    /// with soak's report). Needs 2 x pairs <= --conns.
+    #[arg(long = "data-pairs", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=9950))]
+    pub data_pairs: u32,
+    /// DATA messages per second per pair, one in flight at a time (64-byte
+    /// payloads, echoed back by the other side).
+    #[arg(long = "data-rate", default_value_t = 10.0)]
+    pub data_rate: f64,
+    /// Progress line interval on stderr while holding.
+    #[arg(long = "progress-s", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub progress_s: u64,
+}
+
+impl PingpongArgs {
+    /// Whether the target is the gateway, a NATS server or an MQTT broker,
+    /// and its address.
+    pub fn wire_and_target(&self) -> (Wire, &str) {
+        match (&self.tcp, &self.nats, &self.mqtt) {
+            (Some(t), _, _) => (Wire::Gateway, t),
+            (None, Some(n), _) => (Wire::Nats, n),
+            (None, None, Some(m)) => (Wire::Mqtt, m),
+            (None, None, None) => unreachable!("clap requires --tcp, --nats or --mqtt"),
         }
     }
 }
 
-impl PingpongArgs {
-    /// Whether the target is the gateway or a NATS server, and its address.
+impl FanArgs {
+    /// The wire of whichever target was given, and its address.
     pub fn wire_and_target(&self) -> (Wire, &str) {
-        match (&self.tcp, &self.nats) {
-            (Some(t), _) => (Wire::Gateway, t),
-            (None, Some(n)) => (Wire::Nats, n),
-            (None, None) => unreachable!("clap requires --tcp or --nats"),
-        }
+        let given = [
+            (Wire::Gateway, &self.tcp),
+            (Wire::Nats, &self.nats),
+            (Wire::Mqtt, &self.mqtt),
+        ];
+        given
+            .into_iter()
+            .find_map(|(wire, t)| Some((wire, t.as_deref()?)))
+            .expect("clap requires one target")
+    }
+
+    /// Sockets the run opens.
+    pub fn connections(&self) -> u64 {
+        u64::from(self.senders) + u64::from(self.receivers)
+    }
+}
+
+impl ChurnArgs {
+    /// The transport of whichever target was given, and its address.
+    pub fn transport_and_target(&self) -> (Transport, &str) {
+        let given = [(Transport::Tcp, &self.tcp), (Transport::Ws, &self.ws)];
+        given
+            .into_iter()
+            .find_map(|(transport, t)| Some((transport, t.as_deref()?)))
+            .expect("clap requires --tcp or --ws")
     }
 }
 
@@ -287,7 +446,75 @@ mod tests {
         let Command::Hold(h) = cli.command else {
             panic!("hold")
         };
-        assert_eq!(h.transport_and_target(), (Transport::Ws, "127.0.0.1:7001"));
+        assert_eq!(
+            h.targets(),
+            (
+                Wire::Gateway,
+                Transport::Ws,
+                &["127.0.0.1:7001".to_string()][..]
+            )
+        );
+    }
+
+    #[test]
+    fn hold_takes_a_nats_or_mqtt_target_and_a_server_pid() {
+        for other in [["--tcp", "127.0.0.1:1"], ["--nats", "127.0.0.1:2"]] {
+            let mut argv = vec!["b", "hold", "--mqtt", "127.0.0.1:1883"];
+            argv.extend(other);
+            assert!(Cli::try_parse_from(argv).is_err(), "{other:?}");
+        }
+        let given = [
+            ("--nats", "127.0.0.1:4222", Wire::Nats),
+            ("--mqtt", "127.0.0.1:1883", Wire::Mqtt),
+        ];
+        for (flag, addr, wire) in given {
+            for pid_flag in ["--server-pid", "--gateway-pid"] {
+                let argv = ["b", "hold", flag, addr, pid_flag, "42"];
+                let Command::Hold(h) = Cli::try_parse_from(argv).unwrap().command else {
+                    panic!("hold")
+                };
+                assert_eq!(h.targets(), (wire, Transport::Tcp, &[addr.to_string()][..]));
+                assert_eq!(h.server_pid, Some(42));
+            }
+        }
+        // soak takes hold's flags; it refuses the peers after parsing.
+        let argv = ["b", "soak", "--nats", "127.0.0.1:4222"];
+        let Command::Soak(s) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("soak")
+        };
+        assert_eq!(s.hold.targets().0, Wire::Nats);
+    }
+
+    #[test]
+    fn soak_takes_several_gateway_ports() {
+        let cli = Cli::try_parse_from([
+            "b",
+            "soak",
+            "--tcp",
+            "127.0.0.1:7000",
+            "--tcp",
+            "127.0.0.1:7002,127.0.0.1:7004",
+            "--conns",
+            "10",
+        ])
+        .unwrap();
+        let Command::Soak(s) = cli.command else {
+            panic!("soak")
+        };
+        let (wire, transport, targets) = s.hold.targets();
+        assert_eq!((wire, transport), (Wire::Gateway, Transport::Tcp));
+        assert_eq!(
+            targets,
+            ["127.0.0.1:7000", "127.0.0.1:7002", "127.0.0.1:7004"]
+        );
+        assert_eq!((s.data_pairs, s.data_rate, s.progress_s), (100, 10.0, 5));
+        assert_eq!(s.hold.conns, 10);
+        // Still exactly one transport.
+        assert!(
+            Cli::try_parse_from(["b", "soak", "--tcp", "127.0.0.1:1", "--ws", "127.0.0.1:2"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["b", "soak"]).is_err());
     }
 
     #[test]
@@ -316,5 +543,26 @@ mod tests {
         assert_eq!(p.wire_and_target(), (Wire::Gateway, "127.0.0.1:7000"));
         let shared = p.common.shared("127.0.0.1:7000").unwrap();
         assert_eq!(shared.target_name, "gateway");
+    }
+
+    #[test]
+    fn pingpong_mqtt_target() {
+        for other in [["--tcp", "127.0.0.1:1"], ["--nats", "127.0.0.1:2"]] {
+            let mut argv = vec!["b", "pingpong", "--mqtt", "127.0.0.1:1883"];
+            argv.extend(other);
+            assert!(Cli::try_parse_from(argv).is_err());
+        }
+        let cli = Cli::try_parse_from(["b", "pingpong", "--mqtt", "127.0.0.1:1883"]).unwrap();
+        let Command::Pingpong(p) = cli.command else {
+            panic!("pingpong")
+        };
+        let (wire, target) = p.wire_and_target();
+        assert_eq!((wire, target), (Wire::Mqtt, "127.0.0.1:1883"));
+        let shared = p
+            .common
+            .shared_named(target, wire.default_target_name())
+            .unwrap();
+        assert_eq!(shared.target_name, "mosquitto");
+        assert!(p.common.shared_named("10.0.0.1:1883", "mosquitto").is_err());
     }
 }

@@ -14,20 +14,41 @@
 //! - `conn.rs`: one small connection (TCP or WebSocket): setup, HELLO/WELCOME,
 //!   cancel-safe receive; used by `hold` and for `pingpong` setup.
 //! - `pingpong.rs`: pairs that echo DATA, throughput and round-trip times;
-//!   against the gateway or, for comparison, a NATS server.
-//! - `nats.rs`: the NATS client protocol subset pingpong uses, sans-IO.
-//! - `hold.rs`: many idle connections, heartbeats, gateway memory per connection.
+//!   against the gateway or, for comparison, a NATS server or an MQTT
+//!   broker (Mosquitto). `pingpong/setup.rs`: its connection setup per wire.
+//! - `nats.rs`: the NATS client protocol subset pingpong, fan and hold use,
+//!   sans-IO.
+//! - `mqtt.rs`: the MQTT 3.1.1 client packets pingpong, fan and hold use,
+//!   sans-IO.
+//! - `hold.rs`: many idle connections, heartbeats, gateway memory per connection;
+//!   also runs `soak`. `hold/peer.rs`: the same held against a NATS server
+//!   or an MQTT broker, for comparison.
+//! - `soak.rs`: the DATA pairs `soak` adds to a hold: schedule, payload
+//!   checks, round trips, losses.
 //! - `state.rs`: writers storing state, acknowledged writes and ack latency.
+//! - `fan.rs`: one-way streams with credit-based flow control, fan-in and
+//!   fan-out, one-way latency; on pingpong's setup and buffers, so against
+//!   the gateway, NATS or an MQTT broker. `fan/flow.rs`: streams, windows,
+//!   credits, payload layout; `fan/endpoint.rs`: the per-connection task and
+//!   the wire-dependent parts.
+//! - `churn.rs`: connect, HELLO, WELCOME, close in loops: handshakes per
+//!   second and their latency.
 //! - `report.rs`: counters, latency percentiles, table and JSON line.
 //! - `sys.rs`: open-file limit and `/proc/PID/status` RSS.
+//! - `plot.rs`: SVG charts from saved JSON lines (no executor).
 
+mod churn;
 mod cli;
 mod conn;
+mod fan;
 mod hold;
+mod mqtt;
 mod nats;
 mod pingpong;
+mod plot;
 mod proto;
 mod report;
+mod soak;
 mod state;
 mod sys;
 mod ws;
@@ -46,6 +67,10 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Plot(args) = &cli.command {
+        // Reads files and writes SVGs: no executor, no sockets.
+        return plot::run(args);
+    }
     let nofile = sys::raise_nofile_limit()?;
     let (common, job) = match cli.command {
         Command::Pingpong(args) => {
@@ -53,6 +78,9 @@ fn main() -> anyhow::Result<()> {
             let (wire, target) = args.wire_and_target();
             if wire == pingpong::Wire::Nats && !args.common.token.is_empty() {
                 anyhow::bail!("--token is not used with --nats (the server must run without auth)");
+            }
+            if wire == pingpong::Wire::Mqtt && !args.common.token.is_empty() {
+                anyhow::bail!("--token is not used with --mqtt (the broker must run without auth)");
             }
             let cfg = pingpong::PingpongConfig {
                 shared: args
@@ -70,21 +98,22 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Hold(args) => {
             sys::check_fd_budget(u64::from(args.conns), nofile)?;
-            let (transport, target) = args.transport_and_target();
-            let cfg = hold::HoldConfig {
-                shared: args.common.shared(target)?,
-                transport,
-                conns: args.conns,
-                heartbeat: Duration::from_secs(args.heartbeat_s),
-                hold: Duration::from_secs(args.hold_s),
-                connect_rate: args.connect_rate,
-                gateway_pid: args.gateway_pid,
-                settle: Duration::from_secs(args.settle_s),
-            };
-            if let Some(pid) = cfg.gateway_pid {
-                sys::rss_bytes(Some(pid)).with_context(|| format!("--gateway-pid {pid}"))?;
-            }
+            let cfg = hold::HoldConfig::from_args(&args)?;
             (args.common, Job::Hold(cfg))
+        }
+        Command::Soak(args) => {
+            sys::check_fd_budget(u64::from(args.hold.conns), nofile)?;
+            if args.hold.targets().0 != pingpong::Wire::Gateway {
+                anyhow::bail!("soak runs against the gateway only (--tcp or --ws); use hold for --nats or --mqtt");
+            }
+            let mut cfg = hold::HoldConfig::from_args(&args.hold)?;
+            cfg.data = Some(soak::DataConfig::new(
+                args.data_pairs,
+                args.data_rate,
+                args.hold.conns,
+            )?);
+            cfg.progress_every = Duration::from_secs(args.progress_s);
+            (args.hold.common, Job::Hold(cfg))
         }
         Command::State(args) => {
             sys::check_fd_budget(u64::from(args.writers), nofile)?;
@@ -99,6 +128,17 @@ fn main() -> anyhow::Result<()> {
             };
             (args.common, Job::State(cfg))
         }
+        Command::Fan(args) => {
+            sys::check_fd_budget(args.connections(), nofile)?;
+            let cfg = fan::FanConfig::from_args(&args)?;
+            (args.common, Job::Fan(cfg))
+        }
+        Command::Churn(args) => {
+            sys::check_fd_budget(u64::from(args.concurrency), nofile)?;
+            let cfg = churn::ChurnConfig::from_args(&args)?;
+            (args.common, Job::Churn(cfg))
+        }
+        Command::Plot(_) => unreachable!("plot is dispatched before the executor starts"),
     };
     let mut builder = LocalExecutorBuilder::new(Placement::Fixed(common.cpu))
         .name("bench-client")
@@ -118,6 +158,8 @@ enum Job {
     Pingpong(pingpong::PingpongConfig),
     Hold(hold::HoldConfig),
     State(state::StateConfig),
+    Fan(fan::FanConfig),
+    Churn(churn::ChurnConfig),
 }
 
 impl Job {
@@ -128,12 +170,22 @@ impl Job {
                 report::emit("pingpong", &r.table, &r.json);
             }
             Job::Hold(cfg) => {
+                // `soak` too: the scenario name comes from the config.
+                let name = cfg.scenario();
                 let r = hold::run(cfg).await?;
-                report::emit("hold", &r.table, &r.json);
+                report::emit(name, &r.table, &r.json);
             }
             Job::State(cfg) => {
                 let r = state::run(cfg).await?;
                 report::emit("state", &r.table, &r.json);
+            }
+            Job::Fan(cfg) => {
+                let r = fan::run(cfg).await?;
+                report::emit("fan", &r.table, &r.json);
+            }
+            Job::Churn(cfg) => {
+                let r = churn::run(cfg).await?;
+                report::emit("churn", &r.table, &r.json);
             }
         }
         Ok(())

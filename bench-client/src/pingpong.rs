@@ -16,6 +16,19 @@
 //! numbers compare directly. NATS `-ERR` names no message, so a message it
 //! refused shows up as lost at the end of the drain, and the error is
 //! counted by its text.
+//!
+//! With `--mqtt` it drives an MQTT 3.1.1 broker such as Mosquitto
+//! ([`Wire::Mqtt`]): each endpoint connects with a clean session (client id
+//! and topic = its address in hex), subscribes to its own topic at QoS 0 and
+//! is ready once the SUBACK is in; DATA becomes a QoS 0 PUBLISH to the peer's
+//! topic and arrives as PUBLISH on the own one, with the same payload bytes.
+//! Framing is in `mqtt.rs`. An MQTT broker sends no error packets: it closes
+//! the connection, which shows up among the client-detected errors, and the
+//! messages in flight as lost.
+//!
+//! Connection setup per wire is in `pingpong/setup.rs`; `fan` uses it too.
+
+pub(crate) mod setup;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -24,32 +37,33 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use glommio::sync::Semaphore;
 use glommio::timer::Timer;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
 use crate::cli::Shared;
-use crate::conn::{self, io_reason, Conn, ConnError, Transport};
+use crate::conn::io_reason;
+use crate::mqtt;
 use crate::nats::{self, Subject};
 use crate::proto::{self, kind, Addr, Header, HEADER_LEN};
 use crate::report::{self, ErrorCounts, JsonLine, Latency, Reasons, Table};
 use crate::sys;
+use setup::{set_up_pairs, TcpConn};
 
 /// Smallest receive buffer per connection; larger payloads get room for two
 /// frames so one is always readable whole.
-const RX_MIN_BYTES: usize = 64 * 1024;
+pub(crate) const RX_MIN_BYTES: usize = 64 * 1024;
 /// Read/process/write rounds per wakeup before yielding to other pairs.
-const ROUNDS_PER_POLL: u32 = 16;
+pub(crate) const ROUNDS_PER_POLL: u32 = 16;
 /// Wakes an idle pair so it notices phase changes even with no traffic.
-const TICK: Duration = Duration::from_millis(50);
+pub(crate) const TICK: Duration = Duration::from_millis(50);
 /// Client CPU use (percent of its core) from which a result is flagged as
 /// limited by the client rather than by the gateway.
-const CLIENT_BOUND_PCT: f64 = 90.0;
+pub(crate) const CLIENT_BOUND_PCT: f64 = 90.0;
 /// Extra time the main task waits for drivers beyond the drain deadline.
-const JOIN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const JOIN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the pairs talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +72,8 @@ pub enum Wire {
     Gateway,
     /// A NATS server (for comparison), client protocol over TCP.
     Nats,
+    /// An MQTT 3.1.1 broker such as Mosquitto (for comparison), over TCP.
+    Mqtt,
 }
 
 impl Wire {
@@ -66,29 +82,33 @@ impl Wire {
         match self {
             Wire::Gateway => "gateway",
             Wire::Nats => "nats",
+            Wire::Mqtt => "mosquitto",
         }
     }
 
     /// The JSON line's `transport`.
-    fn transport_name(self) -> &'static str {
+    pub(crate) fn transport_name(self) -> &'static str {
         match self {
             Wire::Gateway => "tcp",
             Wire::Nats => "nats",
+            Wire::Mqtt => "mqtt",
         }
     }
 
     /// Largest number of bytes a message adds around its payload.
-    fn overhead(self) -> usize {
+    pub(crate) fn overhead(self) -> usize {
         match self {
             Wire::Gateway => HEADER_LEN,
             Wire::Nats => nats::MSG_OVERHEAD_MAX.max(nats::PUB_OVERHEAD_MAX),
+            Wire::Mqtt => mqtt::PUBLISH_OVERHEAD_MAX,
         }
     }
 
-    fn closed_reason(self) -> &'static str {
+    pub(crate) fn closed_reason(self) -> &'static str {
         match self {
             Wire::Gateway => "closed_by_gateway",
             Wire::Nats => "closed_by_nats_server",
+            Wire::Mqtt => "closed_by_mqtt_broker",
         }
     }
 }
@@ -106,23 +126,23 @@ pub struct PingpongConfig {
 }
 
 /// Run-wide state the pair drivers share. Single-threaded: plain cells.
-struct RunCtx {
-    wire: Wire,
-    t0: Instant,
-    warm_end: Instant,
-    send_end: Instant,
-    drain_end: Instant,
-    window: u64,
-    payload: usize,
+pub(crate) struct RunCtx {
+    pub(crate) wire: Wire,
+    pub(crate) t0: Instant,
+    pub(crate) warm_end: Instant,
+    pub(crate) send_end: Instant,
+    pub(crate) drain_end: Instant,
+    pub(crate) window: u64,
+    pub(crate) payload: usize,
     /// Payload bytes 16.. of every DATA frame.
-    fill: Vec<u8>,
-    rtt: RefCell<Histogram<u64>>,
+    pub(crate) fill: Vec<u8>,
+    pub(crate) rtt: RefCell<Histogram<u64>>,
     /// DATA frames delivered so far (both directions), for progress lines.
-    delivered_live: Cell<u64>,
+    pub(crate) delivered_live: Cell<u64>,
 }
 
 impl RunCtx {
-    fn ns_since_t0(&self, now: Instant) -> u64 {
+    pub(crate) fn ns_since_t0(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.t0).as_nanos() as u64
     }
 }
@@ -190,7 +210,7 @@ pub async fn run(cfg: PingpongConfig) -> anyhow::Result<PingpongReport> {
         let task = glommio::spawn_local_into(driver, tq).expect("current task queue exists");
         drivers.push(task);
     }
-    let cpu = progress(&ctx).await;
+    let cpu = progress(&ctx, "pingpong").await;
 
     let mut total = PairResult::default();
     let join_deadline = ctx.drain_end + JOIN_GRACE;
@@ -235,15 +255,15 @@ struct Outcome {
 }
 
 /// Client CPU use over the measurement window.
-struct CpuWindow {
+pub(crate) struct CpuWindow {
     /// Percent of one core (the client runs on one).
-    pct: f64,
+    pub(crate) pct: f64,
 }
 
 /// Prints delivered messages per second once a second until sending stops,
 /// and measures the client's own CPU use over the measurement window: a
 /// client near 100% of its core means the result is client-bound.
-async fn progress(ctx: &RunCtx) -> CpuWindow {
+pub(crate) async fn progress(ctx: &RunCtx, label: &str) -> CpuWindow {
     let mut last = 0;
     let mut last_at = Instant::now();
     let mut second = 0u64;
@@ -261,7 +281,7 @@ async fn progress(ctx: &RunCtx) -> CpuWindow {
             let delivered = ctx.delivered_live.get();
             let rate =
                 (delivered - last) as f64 / now.duration_since(last_at).as_secs_f64().max(1e-9);
-            eprintln!("[pingpong {second:>4}s {phase}] delivered {delivered} ({rate:.0} msgs/s)");
+            eprintln!("[{label} {second:>4}s {phase}] delivered {delivered} ({rate:.0} msgs/s)");
             last = delivered;
             last_at = now;
         }
@@ -277,191 +297,23 @@ async fn progress(ctx: &RunCtx) -> CpuWindow {
     }
 }
 
-type PairConns = (TcpConn, TcpConn);
-
-/// A registered connection handed to a driver.
-struct TcpConn {
-    stream: TcpStream,
-    addr: Addr,
-    leftover: Vec<u8>,
-}
-
-/// Connects and registers every pair with at most `connect_concurrency`
-/// setups in flight. Returns the pairs that made it, failures by reason, and
-/// ERROR frames seen during setup.
-async fn set_up_pairs(cfg: &PingpongConfig) -> (Vec<PairConns>, Reasons, ErrorCounts) {
-    let sem = Rc::new(Semaphore::new(cfg.shared.connect_concurrency as u64));
-    let tq = glommio::executor().current_task_queue();
-    let mut tasks = Vec::with_capacity(cfg.pairs as usize);
-    // A pair's two setups count as two in flight (or one when the limit is 1).
-    let units = 2.min(cfg.shared.connect_concurrency as u64);
-    for i in 0..u64::from(cfg.pairs) {
-        let permit = sem
-            .acquire_static_permit(units)
-            .await
-            .expect("semaphore is never closed");
-        let shared = cfg.shared.clone();
-        let wire = cfg.wire;
-        let task = glommio::spawn_local_into(
-            async move {
-                let (a, b) = futures_lite::future::zip(
-                    set_up_one(&shared, wire, 2 * i),
-                    set_up_one(&shared, wire, 2 * i + 1),
-                )
-                .await;
-                drop(permit);
-                (a, b)
-            },
-            tq,
-        )
-        .expect("current task queue exists");
-        tasks.push(task);
-    }
-    let mut pairs = Vec::with_capacity(tasks.len());
-    let mut failures = Reasons::new();
-    let mut errors = ErrorCounts::default();
-    // Each setup is bounded by the setup timeout, so these awaits end.
-    for task in tasks {
-        match task.await {
-            (Ok(a), Ok(b)) => pairs.push((a, b)),
-            (a, b) => {
-                for e in [a.err(), b.err()].into_iter().flatten() {
-                    match &e {
-                        SetupError::Conn(ConnError::Refused(code)) => errors.add(*code, b""),
-                        SetupError::NatsErr(text) => errors.add_text(text.as_bytes()),
-                        _ => {}
-                    }
-                    report::bump(&mut failures, &e.reason());
-                }
-            }
-        }
-    }
-    (pairs, failures, errors)
-}
-
-/// Why one connection's setup failed.
-#[derive(Debug)]
-enum SetupError {
-    Conn(ConnError),
-    /// The NATS server answered the setup with `-ERR <text>`.
-    NatsErr(String),
-    /// Anything else wrong with the NATS server's answer.
-    Nats(&'static str),
-}
-
-impl SetupError {
-    fn reason(&self) -> String {
-        match self {
-            SetupError::Conn(e) => e.reason(),
-            SetupError::NatsErr(_) => "nats_err".into(),
-            SetupError::Nats(r) => (*r).into(),
-        }
-    }
-}
-
-impl From<ConnError> for SetupError {
-    fn from(e: ConnError) -> SetupError {
-        SetupError::Conn(e)
-    }
-}
-
-fn io_setup_err(e: impl Into<std::io::Error>) -> SetupError {
-    SetupError::Conn(ConnError::Io(io_reason(&e.into())))
-}
-
-async fn set_up_one(shared: &Shared, wire: Wire, index: u64) -> Result<TcpConn, SetupError> {
-    let addr = uuid::Uuid::new_v4().into_bytes();
-    let timeout = shared.setup_timeout;
-    let source = conn::source_addr(index, shared.source_addrs);
-    let setup = async {
-        match wire {
-            Wire::Gateway => {
-                let mut conn = Conn::open(shared.target, source, Transport::Tcp).await?;
-                conn.hello(addr, &shared.token, 1).await?;
-                Ok(conn.into_tcp_parts())
-            }
-            Wire::Nats => nats_setup(shared, source, &addr).await,
-        }
-    };
-    let (stream, leftover) = futures_lite::future::or(setup, async {
-        glommio::timer::sleep(timeout).await;
-        Err(SetupError::Conn(ConnError::Timeout))
-    })
-    .await?;
-    Ok(TcpConn {
-        stream,
-        addr,
-        leftover,
-    })
-}
-
-/// The NATS equivalent of HELLO/WELCOME: CONNECT, SUB to the own subject,
-/// PING, then wait for PONG (INFO, +OK and PING may come before it). Returns
-/// the stream and any bytes read past the PONG.
-async fn nats_setup(
-    shared: &Shared,
-    source: std::net::Ipv4Addr,
-    addr: &Addr,
-) -> Result<(TcpStream, Vec<u8>), SetupError> {
-    let mut stream = conn::start_connect(shared.target, source).map_err(io_setup_err)?;
-    stream.set_nodelay(true).map_err(io_setup_err)?;
-    let mut out = Vec::with_capacity(128);
-    nats::encode_setup(&mut out, &nats::subject(addr));
-    // The first write waits for the connect to finish and reports its error.
-    stream.write_all(&out).await.map_err(io_setup_err)?;
-    // Heap buffer for setup only: room for the longest line the parser takes.
-    let mut buf = vec![0u8; nats::MAX_LINE + 1024];
-    let (mut head, mut got) = (0, 0);
-    // Bounded by the caller's setup timeout; every pass reads or returns.
-    loop {
-        while let Some((op, used)) =
-            nats::parse(&buf[head..got]).map_err(|e| SetupError::Nats(e.name()))?
-        {
-            let base = head;
-            head += used;
-            match op {
-                nats::Op::Pong => return Ok((stream, buf[head..got].to_vec())),
-                nats::Op::Err(r) => {
-                    let text = &buf[base + r.start..base + r.end];
-                    return Err(SetupError::NatsErr(
-                        String::from_utf8_lossy(text).into_owned(),
-                    ));
-                }
-                nats::Op::Ping => stream.write_all(nats::PONG).await.map_err(io_setup_err)?,
-                nats::Op::Info | nats::Op::Ok => {}
-                nats::Op::Msg { .. } => return Err(SetupError::Nats("nats_msg_before_pong")),
-            }
-        }
-        buf.copy_within(head..got, 0);
-        got -= head;
-        head = 0;
-        if got == buf.len() {
-            return Err(SetupError::Nats(nats::ParseError::LineTooLong.name()));
-        }
-        let n = stream.read(&mut buf[got..]).await.map_err(io_setup_err)?;
-        if n == 0 {
-            return Err(SetupError::Conn(ConnError::Eof));
-        }
-        got += n;
-    }
-}
-
 /// One connection's buffers inside a pair driver.
-struct Side {
+pub(crate) struct Side {
     stream: TcpStream,
-    addr: Addr,
-    /// `addr` as a NATS subject (used with [`Wire::Nats`] only).
-    subject: Subject,
+    pub(crate) addr: Addr,
+    /// `addr` as a NATS subject or MQTT topic (the same hex text; used with
+    /// [`Wire::Nats`] and [`Wire::Mqtt`]).
+    pub(crate) subject: Subject,
     closed_reason: &'static str,
-    rx: Vec<u8>,
-    rx_head: usize,
-    rx_tail: usize,
-    tx: Vec<u8>,
+    pub(crate) rx: Vec<u8>,
+    pub(crate) rx_head: usize,
+    pub(crate) rx_tail: usize,
+    pub(crate) tx: Vec<u8>,
     tx_off: usize,
 }
 
 impl Side {
-    fn new(conn: TcpConn, wire: Wire, rx_bytes: usize, tx_bytes: usize) -> Side {
+    pub(crate) fn new(conn: TcpConn, wire: Wire, rx_bytes: usize, tx_bytes: usize) -> Side {
         let mut rx = vec![0; rx_bytes.max(conn.leftover.len())];
         rx[..conn.leftover.len()].copy_from_slice(&conn.leftover);
         Side {
@@ -479,7 +331,7 @@ impl Side {
 
     /// One non-blocking read. `Ok(true)`: bytes arrived. `Ok(false)`: none
     /// ready, and the task will be woken when there are.
-    fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, &'static str> {
+    pub(crate) fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, &'static str> {
         if self.rx_tail == self.rx.len() {
             self.compact();
             if self.rx_tail == self.rx.len() {
@@ -498,7 +350,7 @@ impl Side {
     }
 
     /// One non-blocking write of everything queued. `Ok(true)`: bytes left.
-    fn flush(&mut self, cx: &mut Context<'_>) -> Result<bool, &'static str> {
+    pub(crate) fn flush(&mut self, cx: &mut Context<'_>) -> Result<bool, &'static str> {
         if self.tx_off == self.tx.len() {
             return Ok(false);
         }
@@ -516,7 +368,7 @@ impl Side {
         }
     }
 
-    fn compact(&mut self) {
+    pub(crate) fn compact(&mut self) {
         if self.rx_head == self.rx_tail {
             self.rx_head = 0;
             self.rx_tail = 0;
@@ -528,7 +380,7 @@ impl Side {
     }
 
     /// The next complete frame in the receive buffer, if any.
-    fn next_frame(&self) -> Result<Option<(Header, usize)>, &'static str> {
+    pub(crate) fn next_frame(&self) -> Result<Option<(Header, usize)>, &'static str> {
         let buf = &self.rx[self.rx_head..self.rx_tail];
         match Header::decode(buf) {
             Ok(Some(h)) if buf.len() >= h.frame_len() => Ok(Some((h, self.rx_head))),
@@ -570,6 +422,7 @@ impl PairState {
         let delivered = match self.ctx.wire {
             Wire::Gateway => self.process_gateway(side, peer, role, now_ns)?,
             Wire::Nats => self.process_nats(side, &nats::subject(&peer), role, now_ns)?,
+            Wire::Mqtt => self.process_mqtt(side, &mqtt::topic(&peer), role, now_ns)?,
         };
         side.compact();
         self.result.delivered_total += delivered;
@@ -695,6 +548,63 @@ impl PairState {
         Ok(delivered)
     }
 
+    /// MQTT packets; returns the PUBLISHes delivered. b's echoes are QoS 0
+    /// PUBLISHes to a's topic with the payload as received.
+    fn process_mqtt(
+        &mut self,
+        side: &mut Side,
+        peer: &mqtt::Topic,
+        role: Role,
+        now_ns: u64,
+    ) -> Result<u64, &'static str> {
+        // A PUBLISH of the run's payload to one of our topics, with room for
+        // a packet id; anything larger means the stream is out of step.
+        let max_remaining = mqtt::publish_remaining(self.ctx.payload) + 2;
+        let mut delivered = 0;
+        // Bounded by the bytes in the buffer: every pass consumes one packet.
+        while let Some((packet, used)) =
+            mqtt::parse(&side.rx[side.rx_head..side.rx_tail], max_remaining)
+                .map_err(|e| e.name())?
+        {
+            let base = side.rx_head;
+            match packet {
+                mqtt::Packet::Publish {
+                    topic,
+                    payload,
+                    qos,
+                    ..
+                } => {
+                    delivered += 1;
+                    let payload = base + payload.start..base + payload.end;
+                    let ok = qos == 0
+                        && side.rx[base + topic.start..base + topic.end] == side.subject
+                        && payload.len() == self.ctx.payload;
+                    if !ok {
+                        let what = if role == Role::A {
+                            "bad_echo"
+                        } else {
+                            "bad_data"
+                        };
+                        report::bump(&mut self.result.client_errors, what);
+                    }
+                    match role {
+                        Role::A => self.on_echo(&side.rx[payload], now_ns),
+                        Role::B => {
+                            mqtt::encode_publish(&mut side.tx, peer, &side.rx[payload]);
+                            self.result.echoes_sent += 1;
+                        }
+                    }
+                }
+                mqtt::Packet::PingResp => {}
+                mqtt::Packet::ConnAck { .. } | mqtt::Packet::SubAck { .. } => {
+                    report::bump(&mut self.result.client_errors, "mqtt_unasked_ack")
+                }
+            }
+            side.rx_head = base + used;
+        }
+        Ok(delivered)
+    }
+
     fn payload_ok(&self, h: &Header, payload: &[u8]) -> bool {
         payload.len() == self.ctx.payload
             && (payload.len() < 16 || payload[8..16] == h.id.to_be_bytes())
@@ -730,6 +640,7 @@ impl PairState {
                     &Header::new(kind::DATA, a.addr, b_addr, id, payload).encode(),
                 ),
                 Wire::Nats => nats::encode_pub_head(&mut a.tx, b_subject, payload),
+                Wire::Mqtt => mqtt::encode_publish_head(&mut a.tx, b_subject, payload),
             }
             a.tx.extend_from_slice(&now_ns);
             if payload >= 16 {
@@ -819,6 +730,20 @@ impl PairDriver {
         Ok(progress)
     }
 
+    /// On the MQTT wire, a DISCONNECT on each side with nothing left to send,
+    /// so the broker sees a clean goodbye rather than a dropped connection.
+    /// One non-blocking write each; whatever it returns, the pair is done.
+    fn goodbye(&mut self, cx: &mut Context<'_>) {
+        if self.state.ctx.wire != Wire::Mqtt {
+            return;
+        }
+        for side in [&mut self.a, &mut self.b] {
+            if side.tx.is_empty() {
+                let _ = Pin::new(&mut side.stream).poll_write(cx, mqtt::DISCONNECT);
+            }
+        }
+    }
+
     fn take_result(&mut self) -> PairResult {
         self.done = true;
         std::mem::take(&mut self.state.result)
@@ -850,6 +775,7 @@ impl Future for PairDriver {
             let now = Instant::now();
             let tx_empty = this.a.tx.is_empty() && this.b.tx.is_empty();
             if this.state.finished(now, tx_empty) {
+                this.goodbye(cx);
                 return Poll::Ready(this.take_result());
             }
             match this.round(cx, now) {

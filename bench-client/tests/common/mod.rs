@@ -9,6 +9,8 @@
 //! report against it. It runs on its own glommio executor thread and stops
 //! accepting after `RELAY_LIFETIME`.
 
+pub mod run;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
