@@ -46,6 +46,9 @@ pub struct Point {
     pub x: f64,
     pub y: f64,
     pub label: String,
+    /// Points are joined only to neighbours of the same curve (pingpong:
+    /// one curve per pair count, through its windows).
+    pub curve: u64,
 }
 
 /// Points of one target, in the order they are joined.
@@ -192,7 +195,7 @@ fn group(keyed: Vec<Keyed>, universe: &[SeriesKey]) -> Vec<(SeriesKey, Series)> 
 }
 
 /// Pingpong records as throughput/latency series: x = `msgs_per_s`, y =
-/// `p99_us`, joined in order of increasing pairs x window (then pairs).
+/// `p99_us`, one curve per pair count joined in order of increasing window.
 /// Runs that measured nothing (no rate or no p99) are skipped with a note.
 pub fn pingpong_series(records: &[Record]) -> Grouped {
     let mut keyed = Vec::new();
@@ -221,11 +224,12 @@ pub fn pingpong_series(records: &[Record]) -> Grouped {
         }
         keyed.push(Keyed {
             key,
-            order: (pairs * window, pairs),
+            order: (pairs, window),
             point: Point {
                 x: rate,
                 y: p99,
                 label: format!("{pairs}×{window}"),
+                curve: pairs as u64,
             },
         });
     }
@@ -285,6 +289,7 @@ pub fn hold_series(records: &[Record]) -> HoldGrouped {
                 x: conns,
                 y: loaded / MIB,
                 label: String::new(),
+                curve: 0,
             },
         });
         if let Some(b) = num_field(r, "bytes_per_conn") {
@@ -295,6 +300,7 @@ pub fn hold_series(records: &[Record]) -> HoldGrouped {
                     x: conns,
                     y: b,
                     label: format!("{b:.0} B"),
+                    curve: 0,
                 },
             });
         }
@@ -582,13 +588,17 @@ where
         .draw()?;
     for s in series {
         let color = Palette99::pick(s.color).to_rgba();
-        let line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x, p.y)).collect();
-        chart
-            .draw_series(LineSeries::new(line, color.stroke_width(2)))?
-            .label(s.name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        // One polyline per run of points on the same curve; the legend
+        // entry goes with the first.
+        for (i, run) in s.points.chunk_by(|a, b| a.curve == b.curve).enumerate() {
+            let line: Vec<(f64, f64)> = run.iter().map(|p| (p.x, p.y)).collect();
+            let drawn = chart.draw_series(LineSeries::new(line, color.stroke_width(2)))?;
+            if i == 0 {
+                drawn.label(s.name.as_str()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            }
+        }
         let font = ("sans-serif", 13).into_font().color(&color);
         chart.draw_series(s.points.iter().map(|p| {
             EmptyElement::at((p.x, p.y))
@@ -747,7 +757,7 @@ mod tests {
     }
 
     #[test]
-    fn pingpong_groups_by_target_in_order_of_pairs_times_window() {
+    fn pingpong_groups_by_target_one_curve_per_pair_count() {
         let text = [
             pp("gateway", 100, 8, 300_000.0, 900.0),
             pp("nats", 10, 1, 20_000.0, 400.0),
@@ -767,8 +777,10 @@ mod tests {
             .iter()
             .map(|p| p.label.as_str())
             .collect();
-        // 10, 320, 800, 1000 messages in flight.
+        // By pairs, then window; one curve per pair count.
         assert_eq!(labels, ["10×1", "10×32", "100×8", "1000×1"]);
+        let curves: Vec<u64> = g.series[0].points.iter().map(|p| p.curve).collect();
+        assert_eq!(curves, [10, 10, 100, 1000]);
         assert_eq!(g.series[0].points[0].x, 40_000.0);
         assert_eq!(g.series[0].points[0].y, 300.0);
         assert_eq!(g.series[1].points.len(), 2);
@@ -953,6 +965,7 @@ mod tests {
                         x,
                         y,
                         label: String::new(),
+                        curve: 0,
                     })
                     .collect(),
             }]
