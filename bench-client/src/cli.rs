@@ -124,11 +124,19 @@ pub struct Common {
 }
 
 #[derive(Args, Debug)]
-#[group(id = "target", required = true, multiple = false, args = ["tcp", "nats", "mqtt"])]
+#[group(id = "target", required = true, multiple = false, args = ["tcp", "ws", "nats", "mqtt"])]
 pub struct PingpongArgs {
     /// Gateway TCP address (127.0.0.0/8 only).
     #[arg(long)]
     pub tcp: Option<String>,
+    /// Gateway WebSocket address (127.0.0.0/8 only); the path is /ws. Each
+    /// frame travels in one binary message (or JSON text with --json).
+    #[arg(long)]
+    pub ws: Option<String>,
+    /// With --ws: speak JSON (text HELLO, then one JSON text message per
+    /// frame, DATA payloads in base64) instead of binary frames.
+    #[arg(long, conflicts_with_all = ["tcp", "nats", "mqtt"])]
+    pub json: bool,
     /// Instead of the gateway, a NATS server (127.0.0.0/8 only, no auth):
     /// the same pairs and echoes over PUB/SUB, one subject per endpoint.
     #[arg(long)]
@@ -340,11 +348,13 @@ impl PingpongArgs {
     /// Whether the target is the gateway, a NATS server or an MQTT broker,
     /// and its address.
     pub fn wire_and_target(&self) -> (Wire, &str) {
-        match (&self.tcp, &self.nats, &self.mqtt) {
-            (Some(t), _, _) => (Wire::Gateway, t),
-            (None, Some(n), _) => (Wire::Nats, n),
-            (None, None, Some(m)) => (Wire::Mqtt, m),
-            (None, None, None) => unreachable!("clap requires --tcp, --nats or --mqtt"),
+        match (&self.tcp, &self.ws, &self.nats, &self.mqtt) {
+            (Some(t), ..) => (Wire::Gateway, t),
+            (_, Some(w), ..) if self.json => (Wire::WsJson, w),
+            (_, Some(w), ..) => (Wire::Ws, w),
+            (.., Some(n), _) => (Wire::Nats, n),
+            (.., Some(m)) => (Wire::Mqtt, m),
+            _ => unreachable!("clap requires --tcp, --ws, --nats or --mqtt"),
         }
     }
 }
@@ -564,5 +574,26 @@ mod tests {
             .unwrap();
         assert_eq!(shared.target_name, "mosquitto");
         assert!(p.common.shared_named("10.0.0.1:1883", "mosquitto").is_err());
+    }
+
+    #[test]
+    fn pingpong_ws_target_binary_or_json() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["b", "pingpong"];
+            argv.extend(extra);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Pingpong(p) => p,
+                _ => panic!("pingpong"),
+            })
+        };
+        let p = parse(&["--ws", "127.0.0.1:7001"]).unwrap();
+        assert_eq!(p.wire_and_target(), (Wire::Ws, "127.0.0.1:7001"));
+        let p = parse(&["--ws", "127.0.0.1:7001", "--json"]).unwrap();
+        let (wire, target) = p.wire_and_target();
+        assert_eq!((wire, target), (Wire::WsJson, "127.0.0.1:7001"));
+        assert_eq!(wire.default_target_name(), "gateway");
+        assert!(parse(&["--tcp", "127.0.0.1:7000", "--json"]).is_err());
+        assert!(parse(&["--tcp", "127.0.0.1:7000", "--ws", "127.0.0.1:7001"]).is_err());
+        assert!(p.common.shared("10.0.0.1:7001").is_err());
     }
 }

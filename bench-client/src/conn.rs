@@ -184,29 +184,42 @@ pub fn start_connect(target: SocketAddrV4, source: Ipv4Addr) -> io::Result<TcpSt
     Ok(stream)
 }
 
+/// Mask keys for client frames: xorshift64* seeded per connection from the
+/// OS random source. RFC 6455 wants unpredictable masks so that a page cannot
+/// steer bytes on the wire; a seeded fast generator is plenty for a load
+/// generator and costs nothing per frame.
+#[derive(Debug)]
+pub struct WsMask(u64);
+
+impl Default for WsMask {
+    fn default() -> WsMask {
+        WsMask::new()
+    }
+}
+
+impl WsMask {
+    pub fn new() -> WsMask {
+        WsMask(uuid::Uuid::new_v4().as_u64_pair().0 | 1)
+    }
+
+    pub fn next_mask(&mut self) -> [u8; 4] {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32).to_ne_bytes()
+    }
+}
+
 /// Per-connection WebSocket state.
 #[derive(Debug)]
 struct WsState {
     decoder: WsDecoder,
-    /// xorshift64* state for mask keys, seeded per connection from the OS
-    /// random source. RFC 6455 wants unpredictable masks so that a page cannot
-    /// steer bytes on the wire; a seeded fast generator is plenty for a load
-    /// generator and costs nothing per frame.
-    mask_state: u64,
+    mask: WsMask,
     /// A frame that completed inside the current message, kept until the
     /// message ends so that "exactly one frame per message" can be checked.
     frame: Option<SmallFrame>,
-}
-
-impl WsState {
-    fn next_mask(&mut self) -> [u8; 4] {
-        let mut x = self.mask_state;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.mask_state = x;
-        ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32).to_ne_bytes()
-    }
 }
 
 pub struct Conn {
@@ -274,10 +287,9 @@ impl Conn {
         self.rx[..early.len()].copy_from_slice(early);
         self.rx_head = 0;
         self.rx_tail = early.len() as u8;
-        let seed = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
         self.ws = Some(WsState {
             decoder: WsDecoder::default(),
-            mask_state: seed,
+            mask: WsMask::new(),
             frame: None,
         });
         Ok(())
@@ -344,7 +356,7 @@ impl Conn {
                 frame.len()
             }
             Some(ws) => {
-                let mask = ws.next_mask();
+                let mask = ws.mask.next_mask();
                 ws::write_client_frame(out, ws::opcode::BINARY, frame, mask)
             }
         }
@@ -356,7 +368,7 @@ impl Conn {
             return Ok(());
         };
         let mut out = [0u8; ws::CLIENT_HEADER_MAX_BYTES + ws::CONTROL_MAX_BYTES];
-        let mask = state.next_mask();
+        let mask = state.mask.next_mask();
         let ping = state.decoder.ping_payload();
         let n = ws::write_client_frame(&mut out, ws::opcode::PONG, ping, mask);
         self.stream.write_all(&out[..n]).await.map_err(io_err)
@@ -366,7 +378,7 @@ impl Conn {
     /// side, so the gateway sees an orderly end rather than a reset.
     pub async fn close(&mut self) {
         if let Some(state) = &mut self.ws {
-            let mask = state.next_mask();
+            let mask = state.mask.next_mask();
             let mut out = [0u8; 8];
             let n =
                 ws::write_client_frame(&mut out, ws::opcode::CLOSE, &1000u16.to_be_bytes(), mask);
@@ -423,7 +435,7 @@ impl Conn {
             None | Some(Ok(WsEvent::Pong)) => Ok(None),
             Some(Err(e)) => Err(ConnError::Ws(e)),
             Some(Ok(WsEvent::Ping)) => Ok(Some(Incoming::Ping)),
-            Some(Ok(WsEvent::TextEnd)) => Ok(Some(Incoming::Text)),
+            Some(Ok(WsEvent::Text { end, .. })) => Ok(end.then_some(Incoming::Text)),
             Some(Ok(WsEvent::Close(code))) => Ok(Some(Incoming::Close(code))),
             Some(Ok(WsEvent::Binary { data, end })) => {
                 let mut at = 0;
@@ -450,6 +462,25 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Sends one text message (a JSON frame) on WebSocket. Setup only: it
+    /// allocates the message buffer.
+    pub async fn send_text(&mut self, text: &[u8]) -> Result<(), ConnError> {
+        let state = self.ws.as_mut().expect("text messages need WebSocket");
+        let mut out = Vec::with_capacity(ws::client_frame_len(text.len()));
+        ws::push_client_frame(&mut out, ws::opcode::TEXT, &[text], state.mask.next_mask());
+        self.stream.write_all(&out).await.map_err(io_err)
+    }
+
+    /// Gives up the stream, the undecoded bytes already read and the mask
+    /// generator of a WebSocket connection, right after a whole message, for
+    /// the pingpong driver, which does its own framing in large buffers.
+    pub fn into_ws_parts(self) -> (TcpStream, Vec<u8>, WsMask) {
+        let state = self.ws.expect("a WebSocket connection");
+        assert!(state.frame.is_none(), "taken right after a whole message");
+        let rest = self.rx[self.rx_head as usize..self.rx_tail as usize].to_vec();
+        (self.stream, rest, state.mask)
     }
 
     /// Gives up the stream and any bytes already read past the last frame,

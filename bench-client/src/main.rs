@@ -15,7 +15,8 @@
 //!   cancel-safe receive; used by `hold` and for `pingpong` setup.
 //! - `pingpong.rs`: pairs that echo DATA, throughput and round-trip times;
 //!   against the gateway or, for comparison, a NATS server or an MQTT
-//!   broker (Mosquitto). `pingpong/setup.rs`: its connection setup per wire.
+//!   broker (Mosquitto). `pingpong/setup.rs`: its connection setup per wire;
+//!   `pingpong/ws_wire.rs`: its WebSocket wire, binary and JSON text.
 //! - `nats.rs`: the NATS client protocol subset pingpong, fan and hold use,
 //!   sans-IO.
 //! - `mqtt.rs`: the MQTT 3.1.1 client packets pingpong, fan and hold use,

@@ -26,9 +26,15 @@
 //! the connection, which shows up among the client-detected errors, and the
 //! messages in flight as lost.
 //!
+//! With `--ws` it drives the gateway over WebSocket ([`Wire::Ws`]): each
+//! frame is one masked binary message; with `--ws --json` ([`Wire::WsJson`])
+//! one JSON text message, the payload in base64. The per-message code is in
+//! `pingpong/ws_wire.rs`.
+//!
 //! Connection setup per wire is in `pingpong/setup.rs`; `fan` uses it too.
 
 pub(crate) mod setup;
+mod ws_wire;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -50,6 +56,7 @@ use crate::nats::{self, Subject};
 use crate::proto::{self, kind, Addr, Header, HEADER_LEN};
 use crate::report::{self, ErrorCounts, JsonLine, Latency, Reasons, Table};
 use crate::sys;
+use crate::ws;
 use setup::{set_up_pairs, TcpConn};
 
 /// Smallest receive buffer per connection; larger payloads get room for two
@@ -74,13 +81,17 @@ pub enum Wire {
     Nats,
     /// An MQTT 3.1.1 broker such as Mosquitto (for comparison), over TCP.
     Mqtt,
+    /// The gateway over WebSocket, one binary message per frame.
+    Ws,
+    /// The gateway over WebSocket, one JSON text message per frame.
+    WsJson,
 }
 
 impl Wire {
     /// `--target-name` when none is given.
     pub fn default_target_name(self) -> &'static str {
         match self {
-            Wire::Gateway => "gateway",
+            Wire::Gateway | Wire::Ws | Wire::WsJson => "gateway",
             Wire::Nats => "nats",
             Wire::Mqtt => "mosquitto",
         }
@@ -92,6 +103,8 @@ impl Wire {
             Wire::Gateway => "tcp",
             Wire::Nats => "nats",
             Wire::Mqtt => "mqtt",
+            Wire::Ws => "ws",
+            Wire::WsJson => "ws-json",
         }
     }
 
@@ -101,12 +114,22 @@ impl Wire {
             Wire::Gateway => HEADER_LEN,
             Wire::Nats => nats::MSG_OVERHEAD_MAX.max(nats::PUB_OVERHEAD_MAX),
             Wire::Mqtt => mqtt::PUBLISH_OVERHEAD_MAX,
+            Wire::Ws => ws::CLIENT_HEADER_MAX_BYTES + HEADER_LEN,
+            Wire::WsJson => ws::CLIENT_HEADER_MAX_BYTES + ws_wire::JSON_OVERHEAD_MAX,
+        }
+    }
+
+    /// Largest message carrying `payload` bytes (JSON: in base64).
+    fn message_max(self, payload: usize) -> usize {
+        match self {
+            Wire::WsJson => self.overhead() + 4 * payload.div_ceil(3),
+            _ => self.overhead() + payload,
         }
     }
 
     pub(crate) fn closed_reason(self) -> &'static str {
         match self {
-            Wire::Gateway => "closed_by_gateway",
+            Wire::Gateway | Wire::Ws | Wire::WsJson => "closed_by_gateway",
             Wire::Nats => "closed_by_nats_server",
             Wire::Mqtt => "closed_by_mqtt_broker",
         }
@@ -144,6 +167,17 @@ pub(crate) struct RunCtx {
 impl RunCtx {
     pub(crate) fn ns_since_t0(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.t0).as_nanos() as u64
+    }
+
+    /// Appends a DATA payload: send time, id (from 16 bytes on), fill.
+    fn push_payload(&self, out: &mut Vec<u8>, now_ns: [u8; 8], id: u64) {
+        out.extend_from_slice(&now_ns);
+        if self.payload >= 16 {
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&self.fill[16..self.payload]);
+        } else {
+            out.extend_from_slice(&self.fill[8..self.payload]);
+        }
     }
 }
 
@@ -310,6 +344,8 @@ pub(crate) struct Side {
     pub(crate) rx_tail: usize,
     pub(crate) tx: Vec<u8>,
     tx_off: usize,
+    /// WebSocket framing state ([`Wire::Ws`] and [`Wire::WsJson`]).
+    ws: Option<ws_wire::WsLink>,
 }
 
 impl Side {
@@ -326,6 +362,7 @@ impl Side {
             rx_tail: conn.leftover.len(),
             tx: Vec::with_capacity(tx_bytes),
             tx_off: 0,
+            ws: conn.ws,
         }
     }
 
@@ -423,6 +460,7 @@ impl PairState {
             Wire::Gateway => self.process_gateway(side, peer, role, now_ns)?,
             Wire::Nats => self.process_nats(side, &nats::subject(&peer), role, now_ns)?,
             Wire::Mqtt => self.process_mqtt(side, &mqtt::topic(&peer), role, now_ns)?,
+            Wire::Ws | Wire::WsJson => ws_wire::process(self, side, peer, role, now_ns)?,
         };
         side.compact();
         self.result.delivered_total += delivered;
@@ -446,52 +484,57 @@ impl PairState {
         let mut delivered = 0;
         // Bounded by the bytes in the buffer: every pass consumes one frame.
         while let Some((h, at)) = side.next_frame()? {
-            let payload_at = at + HEADER_LEN;
-            let end = at + h.frame_len();
-            match h.kind {
-                kind::DATA => {
-                    delivered += 1;
-                    let ok = h.src == peer
-                        && h.dst == side.addr
-                        && self.payload_ok(&h, &side.rx[payload_at..end]);
-                    if !ok {
-                        let what = if role == Role::A {
-                            "bad_echo"
-                        } else {
-                            "bad_data"
-                        };
-                        report::bump(&mut self.result.client_errors, what);
-                    }
-                    match role {
-                        Role::A => self.on_echo(&side.rx[payload_at..end], now_ns),
-                        Role::B => {
-                            let echo =
-                                Header::new(kind::DATA, side.addr, peer, h.id, h.len as usize);
-                            side.tx.extend_from_slice(&echo.encode());
-                            side.tx.extend_from_slice(&side.rx[payload_at..end]);
-                            self.result.echoes_sent += 1;
-                        }
-                    }
-                }
-                kind::ERROR => {
-                    let payload = &side.rx[payload_at..end];
-                    self.result.errors.add_payload(payload);
-                    let code = proto::decode_error(payload).map_or(0, |(c, _)| c);
-                    if proto::error_closes(code) {
-                        return Err("connection_closed_by_gateway_error");
-                    }
-                    // An ERROR with our id means that DATA (or its echo) was
-                    // refused; the message is over and its slot is free.
-                    if h.id != 0 {
-                        self.in_flight = self.in_flight.saturating_sub(1);
-                    }
-                }
-                kind::HEARTBEAT => {}
-                _ => report::bump(&mut self.result.client_errors, "unexpected_kind"),
+            let payload = at + HEADER_LEN..at + h.frame_len();
+            let data =
+                self.on_frame(&h, &side.rx[payload.clone()], side.addr, peer, role, now_ns)?;
+            if data && role == Role::B {
+                let echo = Header::new(kind::DATA, side.addr, peer, h.id, h.len as usize);
+                side.tx.extend_from_slice(&echo.encode());
+                side.tx.extend_from_slice(&side.rx[payload.clone()]);
             }
-            side.rx_head = end;
+            delivered += u64::from(data);
+            side.rx_head = payload.end;
         }
         Ok(delivered)
+    }
+
+    /// One gateway frame (on any of the gateway's wires); whether it was a
+    /// DATA frame. For b the caller then sends the echo, counted here.
+    fn on_frame(
+        &mut self,
+        h: &Header,
+        payload: &[u8],
+        own: Addr,
+        peer: Addr,
+        role: Role,
+        now_ns: u64,
+    ) -> Result<bool, &'static str> {
+        match h.kind {
+            kind::DATA => {
+                let ok = h.src == peer && h.dst == own && self.payload_ok(h, payload);
+                self.check(ok, role);
+                match role {
+                    Role::A => self.on_echo(payload, now_ns),
+                    Role::B => self.result.echoes_sent += 1,
+                }
+                return Ok(true);
+            }
+            kind::ERROR => {
+                self.result.errors.add_payload(payload);
+                let code = proto::decode_error(payload).map_or(0, |(c, _)| c);
+                if proto::error_closes(code) {
+                    return Err("connection_closed_by_gateway_error");
+                }
+                // An ERROR with our id means that DATA (or its echo) was
+                // refused; the message is over and its slot is free.
+                if h.id != 0 {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                }
+            }
+            kind::HEARTBEAT => {}
+            _ => report::bump(&mut self.result.client_errors, "unexpected_kind"),
+        }
+        Ok(false)
     }
 
     /// NATS operations; returns the MSGs delivered. b's echoes are PUBs to
@@ -520,14 +563,7 @@ impl PairState {
                     let ok = sid == nats::SID
                         && side.rx[base + subject.start..base + subject.end] == side.subject
                         && payload.len() == self.ctx.payload;
-                    if !ok {
-                        let what = if role == Role::A {
-                            "bad_echo"
-                        } else {
-                            "bad_data"
-                        };
-                        report::bump(&mut self.result.client_errors, what);
-                    }
+                    self.check(ok, role);
                     match role {
                         Role::A => self.on_echo(&side.rx[payload], now_ns),
                         Role::B => {
@@ -579,14 +615,7 @@ impl PairState {
                     let ok = qos == 0
                         && side.rx[base + topic.start..base + topic.end] == side.subject
                         && payload.len() == self.ctx.payload;
-                    if !ok {
-                        let what = if role == Role::A {
-                            "bad_echo"
-                        } else {
-                            "bad_data"
-                        };
-                        report::bump(&mut self.result.client_errors, what);
-                    }
+                    self.check(ok, role);
                     match role {
                         Role::A => self.on_echo(&side.rx[payload], now_ns),
                         Role::B => {
@@ -603,6 +632,18 @@ impl PairState {
             side.rx_head = base + used;
         }
         Ok(delivered)
+    }
+
+    /// Counts a message that is not what was sent (a's echo, or what b got).
+    fn check(&mut self, ok: bool, role: Role) {
+        if !ok {
+            let what = if role == Role::A {
+                "bad_echo"
+            } else {
+                "bad_data"
+            };
+            report::bump(&mut self.result.client_errors, what);
+        }
     }
 
     fn payload_ok(&self, h: &Header, payload: &[u8]) -> bool {
@@ -635,19 +676,19 @@ impl PairState {
         while self.in_flight < self.ctx.window {
             self.next_id += 1;
             let id = self.next_id;
+            let header = Header::new(kind::DATA, a.addr, b_addr, id, payload);
             match self.ctx.wire {
-                Wire::Gateway => a.tx.extend_from_slice(
-                    &Header::new(kind::DATA, a.addr, b_addr, id, payload).encode(),
-                ),
+                Wire::Gateway => a.tx.extend_from_slice(&header.encode()),
                 Wire::Nats => nats::encode_pub_head(&mut a.tx, b_subject, payload),
                 Wire::Mqtt => mqtt::encode_publish_head(&mut a.tx, b_subject, payload),
+                Wire::Ws | Wire::WsJson => {
+                    let link = a.ws.as_mut().expect("a WebSocket wire's sides have a link");
+                    let ctx = &self.ctx;
+                    link.send_data(&mut a.tx, &header, |p| ctx.push_payload(p, now_ns, id));
+                }
             }
-            a.tx.extend_from_slice(&now_ns);
-            if payload >= 16 {
-                a.tx.extend_from_slice(&id.to_be_bytes());
-                a.tx.extend_from_slice(&self.ctx.fill[16..payload]);
-            } else {
-                a.tx.extend_from_slice(&self.ctx.fill[8..payload]);
+            if a.ws.is_none() {
+                self.ctx.push_payload(&mut a.tx, now_ns, id);
             }
             if self.ctx.wire == Wire::Nats {
                 a.tx.extend_from_slice(nats::CRLF);
@@ -693,7 +734,7 @@ struct PairDriver {
 
 impl PairDriver {
     fn new(a: TcpConn, b: TcpConn, ctx: Rc<RunCtx>) -> PairDriver {
-        let frame = ctx.wire.overhead() + ctx.payload;
+        let frame = ctx.wire.message_max(ctx.payload);
         let rx_bytes = RX_MIN_BYTES.max(2 * frame);
         let tx_bytes = frame * ctx.window as usize;
         let wire = ctx.wire;
@@ -730,17 +771,24 @@ impl PairDriver {
         Ok(progress)
     }
 
-    /// On the MQTT wire, a DISCONNECT on each side with nothing left to send,
-    /// so the broker sees a clean goodbye rather than a dropped connection.
-    /// One non-blocking write each; whatever it returns, the pair is done.
+    /// On the MQTT wire a DISCONNECT, on WebSocket a close frame, on each
+    /// side with nothing left to send, so the server sees a clean goodbye
+    /// rather than a dropped connection. One non-blocking write each;
+    /// whatever it returns, the pair is done.
     fn goodbye(&mut self, cx: &mut Context<'_>) {
-        if self.state.ctx.wire != Wire::Mqtt {
-            return;
-        }
+        let mqtt = self.state.ctx.wire == Wire::Mqtt;
         for side in [&mut self.a, &mut self.b] {
-            if side.tx.is_empty() {
-                let _ = Pin::new(&mut side.stream).poll_write(cx, mqtt::DISCONNECT);
-            }
+            let mut close = [0u8; 8];
+            let bye: &[u8] = match &mut side.ws {
+                _ if !side.tx.is_empty() => continue,
+                Some(link) => {
+                    let n = link.close_frame(&mut close);
+                    &close[..n]
+                }
+                None if mqtt => mqtt::DISCONNECT,
+                None => continue,
+            };
+            let _ = Pin::new(&mut side.stream).poll_write(cx, bye);
         }
     }
 

@@ -14,10 +14,14 @@ pub const RESPONSE_MAX_BYTES: usize = 1024;
 pub const CONTROL_MAX_BYTES: usize = 125;
 /// Largest client frame header: 2 + 8 (length) + 4 (mask).
 pub const CLIENT_HEADER_MAX_BYTES: usize = 14;
-/// Largest data message accepted from the gateway: one protocol frame with
+/// Largest binary message accepted from the gateway: one protocol frame with
 /// the gateway's default maximum payload.
 pub const MESSAGE_MAX_BYTES: u64 =
     crate::proto::HEADER_LEN as u64 + crate::proto::PAYLOAD_MAX_BYTES as u64;
+/// Largest text (JSON) message accepted from the gateway: the maximum payload
+/// in base64 plus 1 KiB for the named fields, the gateway's own limit.
+pub const TEXT_MESSAGE_MAX_BYTES: u64 =
+    4 * (crate::proto::PAYLOAD_MAX_BYTES as u64).div_ceil(3) + 1024;
 
 pub mod opcode {
     pub const CONTINUATION: u8 = 0x0;
@@ -124,9 +128,36 @@ pub fn client_frame_len(payload_len: usize) -> usize {
 pub fn write_client_frame(out: &mut [u8], op: u8, payload: &[u8], mask: [u8; 4]) -> usize {
     let total = client_frame_len(payload.len());
     assert!(out.len() >= total, "frame buffer too small");
+    let at = write_client_header(out, op, payload.len(), mask);
+    for (i, (dst, src)) in out[at..total].iter_mut().zip(payload).enumerate() {
+        *dst = src ^ mask[i & 3];
+    }
+    total
+}
+
+/// Appends one final client frame whose payload is `parts` one after the
+/// other, masked, to `out`. No allocation once `out` has the capacity.
+pub fn push_client_frame(out: &mut Vec<u8>, op: u8, parts: &[&[u8]], mask: [u8; 4]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut head = [0u8; CLIENT_HEADER_MAX_BYTES];
+    let n = write_client_header(&mut head, op, len, mask);
+    out.extend_from_slice(&head[..n]);
+    let mut i = 0;
+    for part in parts {
+        out.extend(part.iter().map(|b| {
+            let masked = b ^ mask[i & 3];
+            i += 1;
+            masked
+        }));
+    }
+}
+
+/// Writes a client frame header (FIN, opcode, length, mask key) for a
+/// payload of `len` bytes; returns its length.
+fn write_client_header(out: &mut [u8], op: u8, len: usize, mask: [u8; 4]) -> usize {
     out[0] = 0x80 | op;
     let mut at = 2;
-    match payload.len() {
+    match len {
         n @ 0..=125 => out[1] = 0x80 | n as u8,
         n @ 126..=0xFFFF => {
             out[1] = 0x80 | 126;
@@ -140,11 +171,7 @@ pub fn write_client_frame(out: &mut [u8], op: u8, payload: &[u8], mask: [u8; 4])
         }
     }
     out[at..at + 4].copy_from_slice(&mask);
-    at += 4;
-    for (i, (dst, src)) in out[at..total].iter_mut().zip(payload).enumerate() {
-        *dst = src ^ mask[i & 3];
-    }
-    total
+    at + 4
 }
 
 /// Protocol violations by the server. Any of them ends the connection.
@@ -180,8 +207,11 @@ pub enum WsEvent<'a> {
         data: &'a [u8],
         end: bool,
     },
-    /// A text message ended (its content is discarded).
-    TextEnd,
+    /// Bytes of a text message; `end` is set on its last piece.
+    Text {
+        data: &'a [u8],
+        end: bool,
+    },
     /// A ping arrived; its payload is [`WsDecoder::ping_payload`].
     Ping,
     Pong,
@@ -261,16 +291,18 @@ impl WsDecoder {
                 return (used, Some(Ok(self.control_event())));
             }
             let end = done && self.fin;
-            if self.message == Some(opcode::BINARY) {
-                if end {
-                    self.message = None;
-                }
-                if n > 0 || end {
-                    return (used, Some(Ok(WsEvent::Binary { data: chunk, end })));
-                }
-            } else if end {
+            let text = self.message == Some(opcode::TEXT);
+            if end {
                 self.message = None;
-                return (used, Some(Ok(WsEvent::TextEnd)));
+            }
+            if n > 0 || end {
+                let data = chunk;
+                let ev = if text {
+                    WsEvent::Text { data, end }
+                } else {
+                    WsEvent::Binary { data, end }
+                };
+                return (used, Some(Ok(ev)));
             }
             if !done {
                 return (used, None);
@@ -358,7 +390,12 @@ impl WsDecoder {
         }
         if op < opcode::CLOSE {
             self.message_bytes = self.message_bytes.saturating_add(len);
-            if self.message_bytes > MESSAGE_MAX_BYTES {
+            let limit = if self.message == Some(opcode::TEXT) {
+                TEXT_MESSAGE_MAX_BYTES
+            } else {
+                MESSAGE_MAX_BYTES
+            };
+            if self.message_bytes > limit {
                 return Err(WsError::TooLarge);
             }
         }
@@ -395,7 +432,7 @@ mod tests {
     #[derive(Debug, PartialEq)]
     enum Owned {
         Message(Vec<u8>),
-        Text,
+        Text(Vec<u8>),
         Ping(Vec<u8>),
         Pong,
         Close(Option<u16>),
@@ -419,7 +456,12 @@ mod tests {
                             out.push(Owned::Message(std::mem::take(&mut msg)));
                         }
                     }
-                    Some(Ok(WsEvent::TextEnd)) => out.push(Owned::Text),
+                    Some(Ok(WsEvent::Text { data, end })) => {
+                        msg.extend_from_slice(data);
+                        if end {
+                            out.push(Owned::Text(std::mem::take(&mut msg)));
+                        }
+                    }
                     Some(Ok(WsEvent::Ping)) => out.push(Owned::Ping(d.ping_payload().to_vec())),
                     Some(Ok(WsEvent::Pong)) => out.push(Owned::Pong),
                     Some(Ok(WsEvent::Close(c))) => out.push(Owned::Close(c)),
@@ -497,7 +539,7 @@ Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\
             Owned::Message(vec![7; 48]),
             Owned::Ping(b"hi".to_vec()),
             Owned::Message(big),
-            Owned::Text,
+            Owned::Text(b"{}".to_vec()),
             Owned::Pong,
             Owned::Close(Some(1000)),
         ];

@@ -61,6 +61,51 @@ fn pingpong_counts_match_the_relay() {
     assert_eq!(RelayStats::get(&s.bad_frames), 0);
 }
 
+/// pingpong over WebSocket, binary and JSON text, against the double: every
+/// client frame masked, every echo back, counts equal to the double's.
+#[test]
+fn pingpong_ws_binary_and_json_counts_match_the_relay() {
+    // Payload 8 is short enough to be valid UTF-8 at times (then the double
+    // sends it as "payload", otherwise "payload_b64"); 100 never is.
+    for (json, payload) in [(false, "64"), (true, "100"), (true, "8")] {
+        let relay = common::start(RelayOptions::default());
+        let mode = if json { "--json" } else { "" };
+        let cmd = format!(
+            "pingpong --ws {} {mode} --pairs 4 --window 8 --payload {payload} \
+             --duration-s 1 --warmup-s 1",
+            relay.ws
+        );
+        let run = bench(&cmd.split_whitespace().collect::<Vec<_>>());
+        assert!(run.ok, "{}", run.stderr);
+        let j = run.json();
+        let transport = if json { "ws-json" } else { "ws" };
+        assert_eq!(
+            (&j["target"], &j["transport"]),
+            (&"gateway".into(), &transport.into())
+        );
+        assert_eq!(n(&j, "pairs_up"), 4, "{j}");
+        assert!(n(&j, "delivered") > 0, "{j}");
+        assert_eq!(n(&j, "errors_total"), 0, "{j}");
+        assert_eq!(n(&j, "lost"), 0, "{j}");
+        assert_eq!(j["client_errors"], serde_json::json!({}), "{j}");
+        assert_eq!(n(&j, "sent"), n(&j, "echoed"));
+        assert!(relay.wait_all_closed(Duration::from_secs(10)));
+        let s = &relay.stats;
+        let delivered = n(&j, "delivered_total");
+        // Upgrades, HELLOs, masks, the double's decoding, forwarded DATA.
+        let expected = [
+            (&s.ws_upgrades, 8),
+            (&s.hellos, 8),
+            (&s.unmasked_ws_frames, 0),
+            (&s.bad_frames, 0),
+            (&s.data_forwarded, delivered),
+        ];
+        for (count, want) in expected {
+            assert_eq!(RelayStats::get(count), want, "{j}");
+        }
+    }
+}
+
 #[test]
 fn pingpong_reports_injected_errors_and_keeps_its_window() {
     let relay = common::start(RelayOptions {

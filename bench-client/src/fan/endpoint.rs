@@ -69,6 +69,7 @@ pub(super) fn push_head(wire: Wire, tx: &mut Vec<u8>, src: Addr, to: &Peer, id: 
         }
         Wire::Nats => nats::encode_pub_head(tx, &to.subject, len),
         Wire::Mqtt => mqtt::encode_publish_head(tx, &to.subject, len),
+        Wire::Ws | Wire::WsJson => unreachable!("fan has no WebSocket wire"),
     }
 }
 
@@ -77,6 +78,7 @@ pub(super) fn push_tail(wire: Wire, tx: &mut Vec<u8>) {
     match wire {
         Wire::Gateway | Wire::Mqtt => {}
         Wire::Nats => tx.extend_from_slice(nats::CRLF),
+        Wire::Ws | Wire::WsJson => unreachable!("fan has no WebSocket wire"),
     }
 }
 
@@ -193,6 +195,7 @@ pub(super) fn next_event(
                 mqtt::Packet::ConnAck { .. } | mqtt::Packet::SubAck { .. } => Event::Unexpected,
             }))
         }
+        Wire::Ws | Wire::WsJson => unreachable!("fan has no WebSocket wire"),
     }
 }
 
@@ -686,6 +689,7 @@ mod tests {
                 stream,
                 addr,
                 leftover: rx.to_vec(),
+                ws: None,
             },
             Wire::Gateway,
             RX_MIN_BYTES,

@@ -1,5 +1,6 @@
-//! `pingpong` connection setup per wire: gateway HELLO/WELCOME, NATS
-//! CONNECT/SUB/PING/PONG, MQTT CONNECT/SUBSCRIBE; also used by `fan`.
+//! `pingpong` connection setup per wire: gateway HELLO/WELCOME (over TCP, or
+//! WebSocket in binary or JSON form), NATS CONNECT/SUB/PING/PONG, MQTT
+//! CONNECT/SUBSCRIBE; also used by `fan`.
 
 use std::rc::Rc;
 
@@ -7,12 +8,13 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
+use super::ws_wire::{self, WsLink};
 use super::{PingpongConfig, Wire};
 use crate::cli::Shared;
 use crate::conn::{self, io_reason, Conn, ConnError, Transport};
 use crate::mqtt;
 use crate::nats;
-use crate::proto::Addr;
+use crate::proto::{kind, Addr};
 use crate::report::{self, ErrorCounts, Reasons};
 
 /// MQTT keepalive sent in CONNECT: the broker closes a connection silent for
@@ -32,6 +34,8 @@ pub(crate) struct TcpConn {
     pub(crate) stream: TcpStream,
     pub(crate) addr: Addr,
     pub(crate) leftover: Vec<u8>,
+    /// WebSocket framing state ([`Wire::Ws`], [`Wire::WsJson`]).
+    pub(crate) ws: Option<WsLink>,
 }
 
 /// Connects and registers every pair with at most `connect_concurrency`
@@ -95,6 +99,8 @@ pub(crate) enum SetupError {
     MqttRefused(&'static str),
     /// Anything else wrong with the MQTT broker's answer.
     Mqtt(&'static str),
+    /// Anything wrong with the gateway's WebSocket or JSON answer.
+    Ws(&'static str),
 }
 
 impl SetupError {
@@ -116,7 +122,7 @@ impl SetupError {
             SetupError::NatsErr(_) => "nats_err".into(),
             SetupError::Nats(r) => (*r).into(),
             SetupError::MqttRefused(_) => "mqtt_refused".into(),
-            SetupError::Mqtt(r) => (*r).into(),
+            SetupError::Mqtt(r) | SetupError::Ws(r) => (*r).into(),
         }
     }
 }
@@ -140,17 +146,19 @@ pub(crate) async fn set_up_one(
     let timeout = shared.setup_timeout;
     let source = conn::source_addr(index, shared.source_addrs);
     let setup = async {
+        let no_ws = |(stream, leftover)| (stream, leftover, None);
         match wire {
             Wire::Gateway => {
                 let mut conn = Conn::open(shared.target, source, Transport::Tcp).await?;
                 conn.hello(addr, &shared.token, 1).await?;
-                Ok(conn.into_tcp_parts())
+                Ok(no_ws(conn.into_tcp_parts()))
             }
-            Wire::Nats => nats_setup(shared, source, &addr).await,
-            Wire::Mqtt => mqtt_setup(shared, source, &addr).await,
+            Wire::Ws | Wire::WsJson => ws_setup(shared, source, &addr, wire == Wire::WsJson).await,
+            Wire::Nats => nats_setup(shared, source, &addr).await.map(no_ws),
+            Wire::Mqtt => mqtt_setup(shared, source, &addr).await.map(no_ws),
         }
     };
-    let (stream, leftover) = futures_lite::future::or(setup, async {
+    let (stream, leftover, ws) = futures_lite::future::or(setup, async {
         glommio::timer::sleep(timeout).await;
         Err(SetupError::Conn(ConnError::Timeout))
     })
@@ -159,7 +167,33 @@ pub(crate) async fn set_up_one(
         stream,
         addr,
         leftover,
+        ws,
     })
+}
+
+/// TCP connect, upgrade to /ws, HELLO, WELCOME: binary as `hold --ws` does,
+/// or with `json` a text HELLO, which puts the connection in JSON mode, and
+/// a JSON WELCOME. Returns the stream, the bytes read past WELCOME and the
+/// framing state.
+async fn ws_setup(
+    shared: &Shared,
+    source: std::net::Ipv4Addr,
+    addr: &Addr,
+    json: bool,
+) -> Result<(TcpStream, Vec<u8>, Option<WsLink>), SetupError> {
+    let mut conn = Conn::open(shared.target, source, Transport::Ws).await?;
+    if !json {
+        conn.hello(*addr, &shared.token, 1).await?;
+        let (stream, leftover, mask) = conn.into_ws_parts();
+        return Ok((stream, leftover, Some(WsLink::new(mask, false))));
+    }
+    let mut hello = Vec::with_capacity(256);
+    ws_wire::encode_json(&mut hello, kind::HELLO, addr, None, 1, &shared.token);
+    conn.send_text(&hello).await?;
+    let (mut stream, early, mask) = conn.into_ws_parts();
+    let mut link = WsLink::new(mask, true);
+    let leftover = link.json_welcome(&mut stream, early).await?;
+    Ok((stream, leftover, Some(link)))
 }
 
 /// The NATS equivalent of HELLO/WELCOME: CONNECT, SUB to the own subject,

@@ -3,7 +3,10 @@
 //!
 //! It accepts TCP and WebSocket (`/ws`) connections on port 0, answers HELLO
 //! with WELCOME and HEARTBEAT with HEARTBEAT, and forwards DATA by `dst` to the
-//! registered connection (or answers `dst_offline`). Optionally it refuses
+//! registered connection (or answers `dst_offline`). On WebSocket it takes
+//! binary frames and JSON text frames (PROTOCOL.md section 8: HELLO, HEARTBEAT
+//! and DATA); a connection whose HELLO came as text gets JSON text back, with
+//! payloads as `payload` when they are UTF-8 and `payload_b64` otherwise. Optionally it refuses
 //! every HELLO, or answers every Nth DATA with `slow_consumer` instead of
 //! forwarding it. It counts what it did so tests can check the client's
 //! report against it. It runs on its own glommio executor thread and stops
@@ -162,12 +165,16 @@ async fn accept_loop(listener: TcpListener, ws: bool, shared: Rc<Shared>) {
 }
 
 fn frame(kind: u8, dst: [u8; 16], id: u64, payload: &[u8]) -> Vec<u8> {
+    frame_from(kind, [0; 16], dst, id, payload)
+}
+
+fn frame_from(kind: u8, src: [u8; 16], dst: [u8; 16], id: u64, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(48 + payload.len());
     f.push(1);
     f.push(kind);
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    f.extend_from_slice(&[0; 16]);
+    f.extend_from_slice(&src);
     f.extend_from_slice(&dst);
     f.extend_from_slice(&id.to_be_bytes());
     f.extend_from_slice(payload);
@@ -180,9 +187,75 @@ fn error_frame(dst: [u8; 16], id: u64, code: u16, msg: &str) -> Vec<u8> {
     frame(ERROR, dst, id, &p)
 }
 
-/// Header of a server (unmasked) binary WebSocket message of `len` bytes.
-fn ws_header(len: usize) -> Vec<u8> {
-    let mut out = vec![0x82];
+const JSON_KINDS: [(&str, u8); 5] = [
+    ("hello", HELLO),
+    ("welcome", WELCOME),
+    ("heartbeat", HEARTBEAT),
+    ("data", DATA),
+    ("error", ERROR),
+];
+
+/// A client JSON text frame as a binary frame; `None` if it is not one.
+fn json_to_frame(text: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let v: serde_json::Value = serde_json::from_slice(text).ok()?;
+    let name = v.get("kind")?.as_str()?;
+    let kind = JSON_KINDS.iter().find(|(n, _)| *n == name)?.1;
+    let addr = |key: &str| match v.get(key) {
+        None | Some(serde_json::Value::Null) => Some([0; 16]),
+        Some(s) => Some(uuid::Uuid::parse_str(s.as_str()?).ok()?.into_bytes()),
+    };
+    let id = v.get("id").map_or(Some(0), |i| i.as_u64())?;
+    let payload = match (v.get("payload"), v.get("payload_b64")) {
+        (Some(p), None) => p.as_str()?.as_bytes().to_vec(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b.as_str()?)
+            .ok()?,
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => return None,
+    };
+    Some(frame_from(kind, addr("src")?, addr("dst")?, id, &payload))
+}
+
+/// A binary frame from the double as the gateway's JSON text.
+fn frame_to_json(f: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let uuid = |b: &[u8]| uuid::Uuid::from_slice(b).unwrap().hyphenated().to_string();
+    let kind = JSON_KINDS.iter().find(|(_, k)| *k == f[1]).unwrap().0;
+    let num = |r: std::ops::Range<usize>| {
+        r.clone()
+            .fold(0u64, |acc, i| (acc << 8) | u64::from(f[48 + i]))
+    };
+    let mut o = serde_json::json!({
+        "kind": kind, "src": uuid(&f[8..24]), "dst": uuid(&f[24..40]),
+        "id": u64::from_be_bytes(f[40..48].try_into().unwrap()),
+    });
+    let payload = &f[48..];
+    match f[1] {
+        WELCOME => {
+            o["server_time_us"] = num(0..8).into();
+            o["heartbeat_timeout_ms"] = num(8..12).into();
+            o["max_payload"] = num(12..16).into();
+        }
+        ERROR => {
+            o["code"] = num(0..2).into();
+            o["message"] = String::from_utf8_lossy(&payload[2..]).into();
+        }
+        HEARTBEAT => {}
+        _ => match std::str::from_utf8(payload) {
+            Ok(text) => o["payload"] = text.into(),
+            Err(_) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(payload);
+                o["payload_b64"] = b64.into();
+            }
+        },
+    }
+    o.to_string().into_bytes()
+}
+
+/// Header of a server (unmasked) WebSocket message of `len` bytes.
+fn ws_header(opcode: u8, len: usize) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
     match len {
         n @ 0..=125 => out.push(n as u8),
         n @ 126..=0xFFFF => {
@@ -202,6 +275,8 @@ fn ws_header(len: usize) -> Vec<u8> {
 /// way a real gateway does and is not the first bottleneck of a benchmark.
 struct Outbox {
     ws: bool,
+    /// The HELLO came as JSON text: everything goes back as JSON text.
+    json: Cell<bool>,
     buf: RefCell<Vec<u8>>,
     closed: Cell<bool>,
     notify: LocalSender<()>,
@@ -211,10 +286,16 @@ impl Outbox {
     fn push(&self, frame: &[u8]) {
         let mut buf = self.buf.borrow_mut();
         let was_empty = buf.is_empty();
-        if self.ws {
-            buf.extend_from_slice(&ws_header(frame.len()));
+        if self.json.get() {
+            let text = frame_to_json(frame);
+            buf.extend_from_slice(&ws_header(0x1, text.len()));
+            buf.extend_from_slice(&text);
+        } else {
+            if self.ws {
+                buf.extend_from_slice(&ws_header(0x2, frame.len()));
+            }
+            buf.extend_from_slice(frame);
         }
-        buf.extend_from_slice(frame);
         if was_empty {
             let _ = self.notify.try_send(());
         }
@@ -236,6 +317,7 @@ async fn serve(stream: TcpStream, ws: bool, shared: &Rc<Shared>) {
     let (notify, wakeups) = local_channel::new_unbounded::<()>();
     let outbox = Rc::new(Outbox {
         ws,
+        json: Cell::new(false),
         buf: RefCell::new(Vec::new()),
         closed: Cell::new(false),
         notify,
@@ -308,13 +390,14 @@ where
     true
 }
 
-/// Reads the next client frame: raw on TCP, one masked binary message on
-/// WebSocket. `None` ends the connection.
+/// Reads the next client frame: raw on TCP, one masked binary or JSON text
+/// message on WebSocket (then also whether it was text). `None` ends the
+/// connection.
 async fn next_frame<R: futures_lite::AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     ws: bool,
     shared: &Shared,
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, bool)> {
     if !ws {
         let mut header = [0u8; 48];
         reader.read_exact(&mut header).await.ok()?;
@@ -326,7 +409,7 @@ async fn next_frame<R: futures_lite::AsyncRead + Unpin>(
         let mut f = header.to_vec();
         f.resize(48 + len as usize, 0);
         reader.read_exact(&mut f[48..]).await.ok()?;
-        return Some(f);
+        return Some((f, false));
     }
     let mut h = [0u8; 2];
     reader.read_exact(&mut h).await.ok()?;
@@ -364,7 +447,14 @@ async fn next_frame<R: futures_lite::AsyncRead + Unpin>(
                 shared.stats.bad_frames.fetch_add(1, Ordering::SeqCst);
                 return None;
             }
-            Some(payload)
+            Some((payload, false))
+        }
+        0x81 => {
+            let f = json_to_frame(&payload);
+            if f.is_none() {
+                shared.stats.bad_frames.fetch_add(1, Ordering::SeqCst);
+            }
+            Some((f?, true))
         }
         0x88 => None,
         _ => {
@@ -385,7 +475,7 @@ async fn read_frames<R: futures_lite::AsyncRead + Unpin>(
     let stats = &shared.stats;
     let mut me: Option<[u8; 16]> = None;
     let send = |f: Vec<u8>| tx.push(&f);
-    while let Some(f) = next_frame(reader, ws, shared).await {
+    while let Some((f, text)) = next_frame(reader, ws, shared).await {
         let kind = f[1];
         let src: [u8; 16] = f[8..24].try_into().unwrap();
         let dst: [u8; 16] = f[24..40].try_into().unwrap();
@@ -393,6 +483,7 @@ async fn read_frames<R: futures_lite::AsyncRead + Unpin>(
         let reply_to = me.unwrap_or([0; 16]);
         match (kind, me) {
             (HELLO, _) => {
+                tx.json.set(text);
                 if shared.opts.refuse_hello {
                     stats.errors_sent.fetch_add(1, Ordering::SeqCst);
                     send(error_frame(
