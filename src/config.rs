@@ -33,6 +33,7 @@ pub struct Config {
     pub service: Service,
     pub store: Store,
     pub log: Log,
+    pub auth: Auth,
 }
 
 /// Where the gateway listens. Every shard binds every address with
@@ -157,6 +158,45 @@ pub struct Log {
     /// A `tracing` filter (`info`, `debug`, `uring_gateway=trace`); `RUST_LOG`
     /// wins when set.
     pub level: String,
+}
+
+/// Token authentication and per-address authorization (see `auth`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// `off`: HELLO's token is ignored and every address may reach every
+    /// other; `jwt`: HELLO needs a valid token.
+    pub mode: AuthMode,
+    /// HS256 signing keys, chosen by the token header's `kid`; several at
+    /// once let keys rotate without downtime.
+    pub keys: Vec<AuthKey>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Off,
+    Jwt,
+}
+
+/// Shortest HS256 secret accepted (256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthKey {
+    pub kid: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthKey")
+            .field("kid", &self.kid)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Default for Listen {
@@ -314,6 +354,29 @@ impl Config {
         {
             return bad("store.retry_initial_ms must be at least 1 and at most store.retry_max_ms");
         }
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let keys = &self.auth.keys;
+        if self.auth.mode == AuthMode::Jwt && keys.is_empty() {
+            return bad("auth.mode = \"jwt\" needs at least one [[auth.keys]]".into());
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if k.kid.is_empty() {
+                return bad("auth.keys: kid must not be empty".into());
+            }
+            if k.secret.len() < MIN_SECRET_BYTES {
+                return bad(format!(
+                    "auth.keys {:?}: secret must be at least {MIN_SECRET_BYTES} bytes",
+                    k.kid
+                ));
+            }
+            if keys[..i].iter().any(|o| o.kid == k.kid) {
+                return bad(format!("auth.keys: kid {:?} appears twice", k.kid));
+            }
+        }
         Ok(())
     }
 
@@ -385,6 +448,31 @@ mod tests {
         c.listen.tcp.clear();
         c.listen.ws.clear();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn auth_section_parses_and_validates() {
+        let secret = "s".repeat(MIN_SECRET_BYTES);
+        let text = format!(
+            "[auth]\nmode = \"jwt\"\n[[auth.keys]]\nkid = \"a\"\nsecret = \"{secret}\"\n\
+             [[auth.keys]]\nkid = \"b\"\nsecret = \"{secret}\"\n"
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Jwt);
+        assert_eq!(c.auth.keys.len(), 2);
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains(&secret), "secret in Debug");
+
+        let mut c2 = c.clone();
+        c2.auth.keys.clear();
+        assert!(c2.validate().is_err(), "jwt without keys");
+        let mut c2 = c.clone();
+        c2.auth.keys[1].kid = "a".into();
+        assert!(c2.validate().is_err(), "duplicate kid");
+        let mut c2 = c.clone();
+        c2.auth.keys[0].secret = "short".into();
+        assert!(c2.validate().is_err(), "short secret");
+        assert!(Config::from_toml("[auth]\nmode = \"basic\"\n").is_err());
     }
 
     #[test]

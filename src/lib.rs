@@ -21,7 +21,9 @@
 //! - [`store`]: where state and presence are kept: MySQL/MariaDB, or an
 //!   embedded SQLite by default.
 //! - [`config`]: every setting and bound, from a TOML file.
+//! - [`auth`]: HELLO tokens (HS256 JWTs) and what they allow.
 
+pub mod auth;
 pub mod config;
 pub mod proto;
 pub mod routing;

@@ -1,11 +1,12 @@
 //! The `gateway` binary: configuration, logging, limits, then the runtime.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use uring_gateway::config::Config;
+use uring_gateway::auth;
+use uring_gateway::config::{AuthMode, Config};
 use uring_gateway::runtime;
 
 /// Descriptors the process keeps for itself (rings, eventfds, listeners,
@@ -19,6 +20,8 @@ const RESERVED_FDS: u64 = 64;
     about = "IoT communication gateway: TCP and WebSocket clients routed by address"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file (see config/gateway.toml); every key optional.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -43,6 +46,34 @@ struct Cli {
     /// Maximum payload in bytes.
     #[arg(long)]
     max_payload_bytes: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mint an authentication token (HS256 JWT) with a configured key and
+    /// print it.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// Configuration file holding the [[auth.keys]] to sign with.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The address the token may register as (a device); omit for a web page
+    /// that picks its own random address.
+    #[arg(long)]
+    sub: Option<uuid::Uuid>,
+    /// Addresses it may send DATA to, STATE_GET and SUBSCRIBE, comma
+    /// separated, or `*` for all.
+    #[arg(long, value_delimiter = ',')]
+    allow: Vec<String>,
+    /// Lifetime: a number with s, m, h or d (30s, 15m, 24h, 7d).
+    #[arg(long, value_parser = auth::parse_ttl)]
+    ttl: u64,
+    /// Key to sign with; the first configured key when omitted.
+    #[arg(long)]
+    kid: Option<String>,
 }
 
 /// The MySQL driver keeps a process-wide pool of packet buffers, by default
@@ -70,12 +101,32 @@ fn main() {
     }
 }
 
-fn real_main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let mut cfg = match &cli.config {
+fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
-    };
+    })
+}
+
+fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
+    let cfg = load(&args.config)?;
+    cfg.validate()?;
+    let key = match &args.kid {
+        Some(kid) => cfg.auth.keys.iter().find(|k| &k.kid == kid),
+        None => cfg.auth.keys.first(),
+    }
+    .context("no such key in [[auth.keys]] of the configuration")?;
+    let allow = args.allow.into_iter().filter(|a| !a.is_empty()).collect();
+    println!("{}", auth::mint(key, args.sub, allow, args.ttl)?);
+    Ok(())
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    if let Some(Command::Token(args)) = cli.command.take() {
+        return mint_token(args);
+    }
+    let mut cfg = load(&cli.config)?;
     if !cli.tcp.is_empty() {
         cfg.listen.tcp = cli.tcp.clone();
     }
@@ -117,6 +168,20 @@ fn real_main() -> anyhow::Result<()> {
             );
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+
+    let exposed = cfg
+        .listen
+        .tcp
+        .iter()
+        .chain(&cfg.listen.ws)
+        .find(|a| !a.ip().is_loopback());
+    if let (AuthMode::Off, Some(addr)) = (cfg.auth.mode, exposed) {
+        tracing::warn!(
+            listen = %addr,
+            "AUTHENTICATION IS OFF on a non-loopback listener: anyone who can reach it \
+             may register any address and talk to every device; set [auth] mode = \"jwt\""
+        );
     }
 
     let shards = cfg.shard_count();

@@ -5,6 +5,7 @@
 //! a connection is idle: reads land in the shard's shared buffer, and only a
 //! partial frame or unsent output is kept per connection.
 
+use crate::auth::Allow;
 use crate::config::Timeouts;
 use crate::routing::ConnKey;
 use glommio::net::TcpStream;
@@ -98,11 +99,16 @@ struct Extra {
     /// Addresses this connection watches (bounded by the subscription limit).
     watching: Vec<Uuid>,
     ws_partial: Option<WsPartial>,
+    /// What the HELLO's token allows; only set when authentication is on.
+    allow: Option<Allow>,
 }
 
 impl Extra {
     fn is_empty(&self) -> bool {
-        self.inbuf.capacity() == 0 && self.watching.is_empty() && self.ws_partial.is_none()
+        self.inbuf.capacity() == 0
+            && self.watching.is_empty()
+            && self.ws_partial.is_none()
+            && self.allow.is_none()
     }
 }
 
@@ -205,6 +211,26 @@ impl<S> Conn<S> {
 
     pub fn set_ws_partial(&mut self, p: WsPartial) {
         self.extra_mut().ws_partial = Some(p);
+    }
+
+    /// Keeps what the connection's token allows (authentication on).
+    pub fn set_allow(&mut self, allow: Allow) {
+        self.extra_mut().allow = Some(allow);
+    }
+
+    pub fn take_allow(&mut self) -> Option<Allow> {
+        let a = self.extra.as_mut()?.allow.take();
+        self.tidy();
+        a
+    }
+
+    /// Whether the token allows reaching `addr`; false when no token was
+    /// kept (callers ask only when authentication is on).
+    pub fn allows(&self, addr: &Uuid) -> bool {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.allow.as_ref())
+            .is_some_and(|a| a.allows(addr))
     }
 
     /// Forgets buffered input (the connection stops reading).

@@ -61,8 +61,19 @@ impl ShardState {
                 };
             }
         };
+        if self.auth.is_some() && !self.allowed(key, kind, header, payload, registered) {
+            self.stats.forbidden += 1;
+            self.send_error(
+                key,
+                reply,
+                header.id,
+                ErrorCode::Forbidden,
+                "address not allowed by your token",
+            );
+            return Flow::Continue;
+        }
         match kind {
-            Kind::Hello => self.on_hello(key, reply, header, registered),
+            Kind::Hello => self.on_hello(key, reply, header, payload, registered),
             Kind::Heartbeat => {
                 let id = header.id;
                 self.send_built(key, reply, |b, dst| proto::encode_heartbeat(b, dst, id));
@@ -128,6 +139,26 @@ impl ShardState {
         }
     }
 
+    /// Authentication on: whether connection `key`'s token lets this frame
+    /// reach its target (DATA's `dst`, the address of STATE_GET and
+    /// SUBSCRIBE). The connection's own address is always allowed; other
+    /// kinds target the sender itself or the gateway.
+    fn allowed(
+        &self,
+        key: ConnKey,
+        kind: Kind,
+        header: &Header,
+        payload: &[u8],
+        registered: Option<Uuid>,
+    ) -> bool {
+        let target = match kind {
+            Kind::Data => header.dst,
+            Kind::StateGet | Kind::Subscribe => proto::read_address(payload),
+            _ => return true,
+        };
+        registered == Some(target) || self.conns.get(key).is_some_and(|c| c.allows(&target))
+    }
+
     /// Hands a state request to the service shard, or answers
     /// `store_unavailable` when this tick's requests are at their bound.
     fn ask_store(&mut self, key: ConnKey, reply: Form, id: u64, req: ServiceReq) {
@@ -155,6 +186,7 @@ impl ShardState {
         key: ConnKey,
         reply: Form,
         header: &Header,
+        token: &[u8],
         registered: Option<Uuid>,
     ) -> Flow {
         if let Some(addr) = registered {
@@ -190,6 +222,22 @@ impl ShardState {
                 "gateway shutting down",
             );
             return Flow::Stop;
+        }
+        if let Some(auth) = &self.auth {
+            match auth.verify(token, &header.src) {
+                Ok(allow) => {
+                    // Kept with the connection, and handed over with it.
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.set_allow(allow);
+                    }
+                }
+                Err(why) => {
+                    self.stats.auth_failed += 1;
+                    tracing::debug!(shard = self.id, addr = %header.src, why, "HELLO refused");
+                    self.send_error(key, reply, header.id, ErrorCode::AuthFailed, why);
+                    return Flow::Stop;
+                }
+            }
         }
         if self.owner(&header.src) == self.id {
             self.register(key, header.src, header.id, reply);
@@ -350,6 +398,7 @@ impl ShardState {
             json: conn.json,
             leftover: leftover.to_vec(),
             out: std::mem::take(&mut conn.out),
+            allow: conn.take_allow(),
         };
         conn.state = State::HandedOver;
         conn.clear_input();
@@ -368,6 +417,9 @@ impl ShardState {
         let mut conn = Conn::new(stream, fd, wire, self.now_ms);
         conn.json = h.json;
         conn.out = std::mem::take(&mut h.out);
+        if let Some(allow) = h.allow.take() {
+            conn.set_allow(allow);
+        }
         let key = self.conns.insert(conn);
         self.stats.handovers_in += 1;
         self.spawn_readers.push(key);

@@ -85,6 +85,9 @@ pub struct Handover {
     pub leftover: Vec<u8>,
     /// Output queued before the HELLO (answers to earlier frames).
     pub out: Vec<u8>,
+    /// What the HELLO's token allows (authentication on), checked once on
+    /// the accepting shard.
+    pub allow: Option<crate::auth::Allow>,
 }
 
 impl Handover {

@@ -85,6 +85,9 @@ pub struct Stats {
     pub errors_sent: u64,
     pub time_local_fallback: u64,
     pub presence_unsaved: u64,
+    /// HELLOs refused for their token, and frames refused as `forbidden`.
+    pub auth_failed: u64,
+    pub forbidden: u64,
 }
 
 pub struct ShardState {
@@ -133,6 +136,8 @@ pub struct ShardState {
     pub shutting_down: bool,
     pub shutdown_deadline_ms: u64,
     pub stats: Stats,
+    /// Token checking; None when authentication is off.
+    pub auth: Option<crate::auth::Verifier>,
 }
 
 impl ShardState {
@@ -181,6 +186,7 @@ impl ShardState {
             shutting_down: false,
             shutdown_deadline_ms: 0,
             stats: Stats::default(),
+            auth: crate::auth::Verifier::from_config(&cfg.auth),
             cfg,
         }
     }

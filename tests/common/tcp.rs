@@ -74,8 +74,13 @@ impl TcpClient {
     /// Sends HELLO for `addr`, checks the WELCOME field by field, and
     /// remembers `addr` as this connection's address.
     pub fn register(&mut self, addr: Uuid) -> Welcome {
+        self.register_with_token(addr, b"")
+    }
+
+    /// Like `register`, with `token` as HELLO's payload.
+    pub fn register_with_token(&mut self, addr: Uuid, token: &[u8]) -> Welcome {
         let id = random_id();
-        self.send(kind::HELLO, addr, NIL, id, b"");
+        self.send(kind::HELLO, addr, NIL, id, token);
         let welcome = self.recv();
         assert_eq!(welcome.kind, kind::WELCOME, "answer to HELLO: {welcome:?}");
         assert_eq!(welcome.src, NIL, "WELCOME src");
