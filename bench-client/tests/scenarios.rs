@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::run::{bench, n};
+use common::run::{bench, n, pingpong};
 use common::{RelayOptions, RelayStats};
 use serde_json::Value;
 
@@ -17,23 +17,7 @@ use serde_json::Value;
 fn pingpong_counts_match_the_relay() {
     let relay = common::start(RelayOptions::default());
     let target = relay.tcp.to_string();
-    let run = bench(&[
-        "pingpong",
-        "--tcp",
-        &target,
-        "--pairs",
-        "8",
-        "--window",
-        "8",
-        "--payload",
-        "64",
-        "--duration-s",
-        "2",
-        "--warmup-s",
-        "1",
-        "--cpu",
-        "1",
-    ]);
+    let run = pingpong("--tcp", &target, 8, 8, 64, 1);
     assert!(run.ok, "{}", run.stderr);
     let j = run.json();
     assert_eq!(j["scenario"], "pingpong");
@@ -113,23 +97,7 @@ fn pingpong_reports_injected_errors_and_keeps_its_window() {
         ..RelayOptions::default()
     });
     let target = relay.tcp.to_string();
-    let run = bench(&[
-        "pingpong",
-        "--tcp",
-        &target,
-        "--pairs",
-        "4",
-        "--window",
-        "4",
-        "--payload",
-        "100",
-        "--duration-s",
-        "2",
-        "--warmup-s",
-        "0",
-        "--cpu",
-        "1",
-    ]);
+    let run = pingpong("--tcp", &target, 4, 4, 100, 0);
     assert!(run.ok, "{}", run.stderr);
     let j = run.json();
     let slow = j["errors"]["slow_consumer"]
@@ -467,23 +435,7 @@ mod nats_double {
 fn pingpong_nats_counts_match_the_double() {
     let (addr, st) = nats_double::start(100, 1000, false);
     let target = addr.to_string();
-    let run = bench(&[
-        "pingpong",
-        "--nats",
-        &target,
-        "--pairs",
-        "8",
-        "--window",
-        "8",
-        "--payload",
-        "64",
-        "--duration-s",
-        "2",
-        "--warmup-s",
-        "1",
-        "--cpu",
-        "1",
-    ]);
+    let run = pingpong("--nats", &target, 8, 8, 64, 1);
     assert!(run.ok, "{}", run.stderr);
     let j = run.json();
     assert_eq!(j["scenario"], "pingpong");

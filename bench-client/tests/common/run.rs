@@ -76,3 +76,39 @@ pub fn n(v: &Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing or not a count in {v}"))
 }
+
+/// A short pingpong (2 s, client on CPU 1) against `target` over `wire`
+/// (`--tcp`, `--nats`, ...).
+#[allow(dead_code)] // not every test file runs pingpong
+pub fn pingpong(
+    wire: &str,
+    target: &str,
+    pairs: u32,
+    window: u32,
+    payload: u32,
+    warmup_s: u32,
+) -> Run {
+    let (pairs, window, payload, warmup) = (
+        pairs.to_string(),
+        window.to_string(),
+        payload.to_string(),
+        warmup_s.to_string(),
+    );
+    bench(&[
+        "pingpong",
+        wire,
+        target,
+        "--pairs",
+        &pairs,
+        "--window",
+        &window,
+        "--payload",
+        &payload,
+        "--duration-s",
+        "2",
+        "--warmup-s",
+        &warmup,
+        "--cpu",
+        "1",
+    ])
+}
