@@ -86,6 +86,22 @@ pub struct StateArgs {
     pub common: Common,
 }
 
+/// How long a traffic run measures, warms up and drains.
+#[derive(Args, Debug, Clone)]
+pub struct Timing {
+    /// Measured time, after the warmup.
+    #[arg(long = "duration-s", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_s: u64,
+    /// Traffic before measuring starts.
+    #[arg(long = "warmup-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub warmup_s: u64,
+    /// After sending stops, the longest wait for every frame sent to be
+    /// answered, delivered or refused; what is missing then is reported as
+    /// lost.
+    #[arg(long = "drain-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub drain_s: u64,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// CPU to pin the client's single executor to (the gateway gets CPU 0).
@@ -155,16 +171,8 @@ pub struct PingpongArgs {
     /// DATA payload bytes (the first 8 carry the send time).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=1_048_576))]
     pub payload: u32,
-    /// Measured time, after the warmup.
-    #[arg(long = "duration-s", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub duration_s: u64,
-    /// Traffic before measuring starts.
-    #[arg(long = "warmup-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
-    pub warmup_s: u64,
-    /// After sending stops, how long to wait for the last echoes; what is
-    /// still missing then is reported as lost.
-    #[arg(long = "drain-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
-    pub drain_s: u64,
+    #[command(flatten)]
+    pub timing: Timing,
     #[command(flatten)]
     pub common: Common,
 }
@@ -241,16 +249,8 @@ pub struct FanArgs {
     /// DATA payload bytes (the first 16 carry send time, stream, sequence).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub payload: u32,
-    /// Measured time, after the warmup.
-    #[arg(long = "duration-s", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub duration_s: u64,
-    /// Traffic before measuring starts.
-    #[arg(long = "warmup-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=600))]
-    pub warmup_s: u64,
-    /// Longest wait, after sending stops, for every frame sent to be
-    /// delivered or refused; what is missing then is reported as lost.
-    #[arg(long = "drain-s", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
-    pub drain_s: u64,
+    #[command(flatten)]
+    pub timing: Timing,
     #[command(flatten)]
     pub common: Common,
 }

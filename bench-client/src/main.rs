@@ -91,9 +91,9 @@ fn main() -> anyhow::Result<()> {
                 pairs: args.pairs,
                 window: args.window,
                 payload: args.payload,
-                duration: Duration::from_secs(args.duration_s),
-                warmup: Duration::from_secs(args.warmup_s),
-                drain: Duration::from_secs(args.drain_s),
+                duration: Duration::from_secs(args.timing.duration_s),
+                warmup: Duration::from_secs(args.timing.warmup_s),
+                drain: Duration::from_secs(args.timing.drain_s),
             };
             (args.common, Job::Pingpong(cfg))
         }
