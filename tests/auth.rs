@@ -64,12 +64,18 @@ fn connect_with(gw: &Gateway, addr: Uuid, token: &str) -> TcpClient {
     client
 }
 
-/// HELLO as `addr` with `token` must be refused with `auth_failed`, closed.
+/// HELLO as `addr` with `token` must be refused with `auth_failed`
+/// addressed to the nil UUID (session rule 1), then closed.
 fn assert_refused(gw: &Gateway, addr: Uuid, token: &[u8]) {
     let mut client = TcpClient::connect(gw.tcp_addr());
     let id = random_id();
     client.send(kind::HELLO, addr, NIL, id, token);
-    client.expect_error_then_close(code::AUTH_FAILED, id);
+    let refused = client.expect_error(code::AUTH_FAILED, id);
+    assert_eq!(
+        refused.dst, NIL,
+        "a refused HELLO is answered to the nil UUID"
+    );
+    client.expect_closed();
 }
 
 fn send_data(client: &mut TcpClient, dst: Uuid, id: u64, payload: &[u8]) {
