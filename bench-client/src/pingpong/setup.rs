@@ -196,6 +196,14 @@ async fn ws_setup(
     Ok((stream, leftover, Some(link)))
 }
 
+/// A connection to the peer broker from `source`, Nagle off; the first
+/// write waits for the connect to finish.
+fn peer_connect(shared: &Shared, source: std::net::Ipv4Addr) -> Result<TcpStream, SetupError> {
+    let stream = conn::start_connect(shared.target, source).map_err(io_setup_err)?;
+    stream.set_nodelay(true).map_err(io_setup_err)?;
+    Ok(stream)
+}
+
 /// The NATS equivalent of HELLO/WELCOME: CONNECT, SUB to the own subject,
 /// PING, then wait for PONG (INFO, +OK and PING may come before it). Returns
 /// the stream and any bytes read past the PONG.
@@ -204,8 +212,7 @@ async fn nats_setup(
     source: std::net::Ipv4Addr,
     addr: &Addr,
 ) -> Result<(TcpStream, Vec<u8>), SetupError> {
-    let mut stream = conn::start_connect(shared.target, source).map_err(io_setup_err)?;
-    stream.set_nodelay(true).map_err(io_setup_err)?;
+    let mut stream = peer_connect(shared, source)?;
     let mut out = Vec::with_capacity(128);
     nats::encode_setup(&mut out, &nats::subject(addr));
     // The first write waits for the connect to finish and reports its error.
@@ -257,8 +264,7 @@ async fn mqtt_setup(
     source: std::net::Ipv4Addr,
     addr: &Addr,
 ) -> Result<(TcpStream, Vec<u8>), SetupError> {
-    let mut stream = conn::start_connect(shared.target, source).map_err(io_setup_err)?;
-    stream.set_nodelay(true).map_err(io_setup_err)?;
+    let mut stream = peer_connect(shared, source)?;
     let mut out = Vec::with_capacity(64);
     mqtt::encode_connect(&mut out, addr, MQTT_KEEPALIVE_S);
     // The first write waits for the connect to finish and reports its error.
