@@ -20,11 +20,57 @@ use tungstenite::protocol::frame::FrameHeader;
 /// The path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/ws";
 
-const NOT_FOUND: &[u8] =
+/// The answer to a request for any path but [`WS_PATH`].
+pub const NOT_FOUND: &[u8] =
     b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-const BAD_REQUEST: &[u8] =
+/// The answer to a request that is not HTTP, or not a WebSocket upgrade.
+pub const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+/// The answer to a request whose head is longer than the limit.
+pub const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// What the bytes received so far on the WebSocket port make of the HTTP
+/// upgrade request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// The request head is not complete and is still within the limit: keep
+    /// the bytes, read more and parse them all again.
+    NeedMore,
+    /// Send this HTTP answer ([`NOT_FOUND`], [`BAD_REQUEST`] or
+    /// [`TOO_LARGE`]) and close.
+    Refuse(&'static [u8]),
+    /// Send `response`, the `101 Switching Protocols` answer; the request head
+    /// is `buf[..consumed]` and every byte after it is WebSocket framing.
+    Accept { consumed: usize, response: Vec<u8> },
+}
+
+/// Parses the HTTP upgrade request at the front of `buf`, everything received
+/// on the connection so far. A head longer than `limit` bytes is refused,
+/// whether it is complete or not. Pure: no socket and no connection state, so
+/// it is unit-tested and fuzzed on its own.
+pub fn parse_upgrade(buf: &[u8], limit: usize) -> Upgrade {
+    let (size, request) = match Request::try_parse(buf) {
+        Ok(Some(r)) => r,
+        Ok(None) if buf.len() <= limit => return Upgrade::NeedMore,
+        Ok(None) => return Upgrade::Refuse(TOO_LARGE),
+        Err(_) => return Upgrade::Refuse(BAD_REQUEST),
+    };
+    if size > limit {
+        return Upgrade::Refuse(TOO_LARGE);
+    }
+    if request.uri().path() != WS_PATH {
+        return Upgrade::Refuse(NOT_FOUND);
+    }
+    let Ok(response) = create_response(&request) else {
+        return Upgrade::Refuse(BAD_REQUEST);
+    };
+    let mut head = Vec::with_capacity(160);
+    write_response(&mut head, &response).expect("writing to a Vec cannot fail");
+    Upgrade::Accept {
+        consumed: size,
+        response: head,
+    }
+}
 
 /// Largest control frame payload (RFC 6455, 5.5).
 const CONTROL_PAYLOAD_MAX: u64 = 125;
@@ -116,33 +162,21 @@ impl ShardState {
         };
         let mut buf = conn.take_inbuf();
         buf.extend_from_slice(data);
-        let parsed = Request::try_parse(&buf);
-        let pending = buf.len();
-        conn.set_inbuf(buf);
-        let (size, request) = match parsed {
-            Ok(Some(r)) => r,
-            Ok(None) if pending <= limit => return,
-            Ok(None) => return self.refuse_http(key, TOO_LARGE),
-            Err(_) => return self.refuse_http(key, BAD_REQUEST),
-        };
-        if size > limit {
-            return self.refuse_http(key, TOO_LARGE);
-        }
-        if request.uri().path() != WS_PATH {
-            return self.refuse_http(key, NOT_FOUND);
-        }
-        let Ok(response) = create_response(&request) else {
-            return self.refuse_http(key, BAD_REQUEST);
-        };
-        let mut head = Vec::with_capacity(160);
-        write_response(&mut head, &response).expect("writing to a Vec cannot fail");
-        self.send_raw(key, &head);
-        let conn = self.conns.get_mut(key).expect("checked above");
-        conn.wire = Wire::Ws;
-        let mut rest = conn.take_inbuf();
-        rest.drain(..size);
-        if !rest.is_empty() {
-            self.on_ws_input(key, &mut rest);
+        match parse_upgrade(&buf, limit) {
+            Upgrade::NeedMore => conn.set_inbuf(buf),
+            Upgrade::Refuse(answer) => {
+                conn.set_inbuf(buf);
+                self.refuse_http(key, answer);
+            }
+            Upgrade::Accept { consumed, response } => {
+                self.send_raw(key, &response);
+                let conn = self.conns.get_mut(key).expect("checked above");
+                conn.wire = Wire::Ws;
+                buf.drain(..consumed);
+                if !buf.is_empty() {
+                    self.on_ws_input(key, &mut buf);
+                }
+            }
         }
     }
 
@@ -352,6 +386,105 @@ impl ShardState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sample handshake of RFC 6455 (1.3), for `path`.
+    fn request(path: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+    }
+
+    const LIMIT: usize = 8192;
+
+    #[test]
+    fn upgrade_accepts_the_rfc_sample_with_its_accept_key() {
+        let req = request("/ws");
+        let Upgrade::Accept { consumed, response } = parse_upgrade(req.as_bytes(), LIMIT) else {
+            panic!("refused");
+        };
+        assert_eq!(consumed, req.len());
+        // The accept value is the one RFC 6455 gives for this key.
+        assert_eq!(
+            String::from_utf8(response).expect("ASCII"),
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn upgrade_leaves_the_bytes_after_the_head() {
+        let mut bytes = request("/ws?page=1").into_bytes();
+        let head = bytes.len();
+        bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+        assert!(matches!(
+            parse_upgrade(&bytes, LIMIT),
+            Upgrade::Accept { consumed, .. } if consumed == head
+        ));
+    }
+
+    #[test]
+    fn upgrade_needs_the_whole_head() {
+        let req = request("/ws");
+        for end in 0..req.len() {
+            assert_eq!(
+                parse_upgrade(&req.as_bytes()[..end], LIMIT),
+                Upgrade::NeedMore,
+                "{end} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn upgrade_refuses_other_paths() {
+        for path in ["/", "/other", "/wsx", "/ws/extra", "/WS"] {
+            assert_eq!(
+                parse_upgrade(request(path).as_bytes(), LIMIT),
+                Upgrade::Refuse(NOT_FOUND),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn upgrade_limit_counts_the_whole_head() {
+        let req = request("/ws");
+        let len = req.len();
+        assert!(matches!(
+            parse_upgrade(req.as_bytes(), len),
+            Upgrade::Accept { .. }
+        ));
+        assert_eq!(
+            parse_upgrade(req.as_bytes(), len - 1),
+            Upgrade::Refuse(TOO_LARGE)
+        );
+        // An incomplete head waits up to the limit, and is refused beyond it.
+        let partial = &req.as_bytes()[..len - 2];
+        assert_eq!(parse_upgrade(partial, len - 2), Upgrade::NeedMore);
+        assert_eq!(parse_upgrade(partial, len - 3), Upgrade::Refuse(TOO_LARGE));
+    }
+
+    #[test]
+    fn upgrade_refuses_what_is_not_a_websocket_request() {
+        let good = request("/ws");
+        let cases = [
+            "\x16\x03\x01 not HTTP\r\n\r\n".to_string(),
+            good.replacen("GET", "POST", 1),
+            good.replacen("HTTP/1.1", "HTTP/1.0", 1),
+            good.replacen("Upgrade: websocket\r\n", "", 1),
+            good.replacen("Connection: Upgrade", "Connection: keep-alive", 1),
+            good.replacen("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8", 1),
+            good.replacen("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "", 1),
+        ];
+        for case in cases {
+            assert_eq!(
+                parse_upgrade(case.as_bytes(), LIMIT),
+                Upgrade::Refuse(BAD_REQUEST),
+                "{case:?}"
+            );
+        }
+    }
 
     #[test]
     fn unmask_matches_the_bytewise_definition() {
