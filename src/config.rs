@@ -74,6 +74,25 @@ pub struct Limits {
     pub outbound_queue_bytes: usize,
     /// Connections one shard holds; further accepts are closed at once.
     pub max_connections_per_shard: usize,
+    /// Connections the whole gateway holds (all shards); further accepts
+    /// are closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one source IP address (0 = no limit);
+    /// further accepts from it are closed at once.
+    pub max_connections_per_ip: u32,
+    /// New connections per second from one source IP address (0 = no
+    /// limit), with bursts up to `new_connections_per_ip_burst`; further
+    /// accepts from it are closed at once.
+    pub new_connections_per_ip_per_s: u32,
+    pub new_connections_per_ip_burst: u32,
+    /// Source networks the per-IP limits do not apply to (`"10.0.0.0/8"`,
+    /// `"::1/128"`). Loopback by default, so local tools and benchmarks are
+    /// not limited.
+    pub limit_exempt: Vec<ipnet::IpNet>,
+    /// DATA frames one connection may send per second (0 = no limit, at
+    /// most 65535); each one beyond it in the same second is dropped and
+    /// answered `ERROR slow_consumer`, the connection is kept.
+    pub max_data_frames_per_s: u32,
     /// Addresses one connection may watch at once.
     pub max_subscriptions_per_connection: usize,
     /// Batches in flight on one cross-shard channel (one channel per ordered
@@ -228,6 +247,15 @@ impl Default for Limits {
             max_payload_bytes: 1024 * 1024,
             outbound_queue_bytes: 1024 * 1024,
             max_connections_per_shard: 1_000_000,
+            max_connections: 1_000_000,
+            max_connections_per_ip: 1024,
+            new_connections_per_ip_per_s: 100,
+            new_connections_per_ip_burst: 200,
+            limit_exempt: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
+            max_data_frames_per_s: 50_000,
             max_subscriptions_per_connection: 1024,
             channel_capacity_batches: 1024,
             channel_pending_bytes: 64 * 1024 * 1024,
@@ -325,6 +353,17 @@ impl Config {
         }
         if self.limits.max_connections_per_shard == 0 {
             return bad("limits.max_connections_per_shard must be at least 1");
+        }
+        if self.limits.max_connections == 0 {
+            return bad("limits.max_connections must be at least 1");
+        }
+        if self.limits.max_data_frames_per_s > u32::from(u16::MAX) {
+            return bad("limits.max_data_frames_per_s must be at most 65535 (0 = no limit)");
+        }
+        if self.limits.new_connections_per_ip_per_s > 1_000_000 {
+            return bad(
+                "limits.new_connections_per_ip_per_s must be at most 1000000 (0 = no limit)",
+            );
         }
         if self.timeouts.timer_tick_ms == 0 {
             return bad("timeouts.timer_tick_ms must be at least 1");

@@ -21,8 +21,10 @@
 //! - [`store`]: where state and presence are kept: MySQL/MariaDB, or an
 //!   embedded SQLite by default.
 //! - [`config`]: every setting and bound, from a TOML file.
+//! - [`admission`]: connection limits in total and per source address.
 //! - [`auth`]: HELLO tokens (HS256 JWTs) and what they allow.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod proto;

@@ -87,6 +87,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
     let cpus = std::thread::available_parallelism()
         .map(|c| c.get())
         .unwrap_or(1);
+    let admission = Arc::new(crate::admission::Admission::new(&cfg.limits));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut shard_threads = Vec::new();
     for (id, (to_i, (from_i, events))) in to
@@ -106,6 +107,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
             in_bytes: (0..n).map(|j| counters[j][id].clone()).collect(),
             service: req_tx.clone(),
             events,
+            admission: admission.clone(),
             ready: ready_tx.clone(),
         };
         let placement = if cfg.runtime.pin {

@@ -5,11 +5,11 @@
 //! a connection is idle: reads land in the shard's shared buffer, and only a
 //! partial frame or unsent output is kept per connection.
 
+use crate::admission::Ticket;
 use crate::auth::Allow;
 use crate::config::Timeouts;
 use crate::routing::ConnKey;
 use glommio::net::TcpStream;
-use std::os::fd::RawFd;
 use uuid::Uuid;
 
 /// Where a connection is in its life.
@@ -69,7 +69,6 @@ pub struct WsPartial {
 /// simulation a stand-in of the same size.
 pub struct Conn<S = TcpStream> {
     pub stream: S,
-    pub fd: RawFd,
     pub state: State,
     pub wire: Wire,
     /// WebSocket: frames to this client are JSON text. Before HELLO it is the
@@ -87,6 +86,12 @@ pub struct Conn<S = TcpStream> {
     pub wheel_tick: u32,
     /// Bytes waiting to be written, already framed for the wire.
     pub out: Vec<u8>,
+    /// What admission gave it (`Admission::release` takes it back).
+    pub ticket: Ticket,
+    /// DATA frames received in the current second (`data_second`, the
+    /// shard clock's second modulo 256), for `max_data_frames_per_s`.
+    pub data_count: u16,
+    pub data_second: u8,
     /// What most idle connections never need, out of line.
     extra: Option<Box<Extra>>,
 }
@@ -113,10 +118,9 @@ impl Extra {
 }
 
 impl<S> Conn<S> {
-    pub fn new(stream: S, fd: RawFd, wire: Wire, now_ms: u64) -> Conn<S> {
+    pub fn new(stream: S, wire: Wire, now_ms: u64) -> Conn<S> {
         Conn {
             stream,
-            fd,
             state: State::Handshake,
             wire,
             json: true,
@@ -126,8 +130,36 @@ impl<S> Conn<S> {
             mark_ms: now_ms,
             wheel_tick: 0,
             out: Vec::new(),
+            ticket: 0,
+            data_count: 0,
+            data_second: 0,
             extra: None,
         }
+    }
+
+    /// Input arrived at `now_ms` on an open connection whose previous
+    /// input came at `mark_ms`: a new second restarts the DATA count. The
+    /// stored second is modulo 256, so a count is also stale once the
+    /// connection was silent for a second or more.
+    pub fn roll_data_second(&mut self, now_ms: u64) {
+        let second = (now_ms / 1000) as u8;
+        if second != self.data_second || now_ms.saturating_sub(self.mark_ms) >= 1000 {
+            self.data_second = second;
+            self.data_count = 0;
+        }
+    }
+
+    /// Counts one DATA frame against `limit` per second (0 = no limit);
+    /// false when it is over.
+    pub fn count_data(&mut self, limit: u32) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        if u32::from(self.data_count) >= limit {
+            return false;
+        }
+        self.data_count += 1;
+        true
     }
 
     fn extra_mut(&mut self) -> &mut Extra {
@@ -371,6 +403,28 @@ mod tests {
         assert_eq!(deadline_ms(State::Closing, 5, &t), Some(2_005));
         assert_eq!(deadline_ms(State::Draining, 5, &t), Some(2_005));
         assert_eq!(deadline_ms(State::HandedOver, 5, &t), None);
+    }
+
+    #[test]
+    fn data_count_restarts_each_second_and_after_silence() {
+        let mut c: Conn<()> = Conn::new((), Wire::Tcp, 0);
+        c.roll_data_second(10_000);
+        c.mark_ms = 10_000;
+        assert!(c.count_data(2) && c.count_data(2));
+        assert!(!c.count_data(2), "third in the same second");
+        c.roll_data_second(10_999);
+        c.mark_ms = 10_999;
+        assert!(!c.count_data(2), "still the same second");
+        c.roll_data_second(11_000);
+        c.mark_ms = 11_000;
+        assert!(c.count_data(2), "a new second");
+        assert!(c.count_data(0) && c.count_data(0), "0 is no limit");
+        // 256 s later the stored second matches again, but the connection
+        // was silent: the count starts over.
+        c.count_data(2);
+        assert!(!c.count_data(2));
+        c.roll_data_second(11_000 + 256_000);
+        assert!(c.count_data(2));
     }
 
     #[test]

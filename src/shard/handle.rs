@@ -8,7 +8,7 @@ use crate::proto::{self, ErrorCode, Header, Kind};
 use crate::routing::{ConnKey, SubRef};
 use crate::service::now_us;
 use glommio::net::TcpStream;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
@@ -81,6 +81,11 @@ impl ShardState {
             }
             Kind::Data => {
                 self.stats.data_in += 1;
+                let limit = self.cfg.limits.max_data_frames_per_s;
+                if !self.conns.get_mut(key).is_some_and(|c| c.count_data(limit)) {
+                    self.data_rate_exceeded(key, reply, header.id);
+                    return Flow::Continue;
+                }
                 match raw {
                     Some(frame) => self.route_data(key, reply, header, frame),
                     None => {
@@ -384,7 +389,7 @@ impl ShardState {
             return;
         };
         // SAFETY: dup of a descriptor this connection owns.
-        let fd = unsafe { libc::dup(conn.fd) };
+        let fd = unsafe { libc::dup(conn.stream.as_raw_fd()) };
         if fd < 0 {
             tracing::warn!(shard = self.id, error = %std::io::Error::last_os_error(), "dup failed; closing connection");
             self.force_close(key);
@@ -399,6 +404,7 @@ impl ShardState {
             leftover: leftover.to_vec(),
             out: std::mem::take(&mut conn.out),
             allow: conn.take_allow(),
+            ticket: conn.ticket,
         };
         conn.state = State::HandedOver;
         conn.clear_input();
@@ -414,7 +420,8 @@ impl ShardState {
         // SAFETY: `fd` is the dup the sending shard made for us; we own it now.
         let stream = unsafe { TcpStream::from_raw_fd(fd) };
         let wire = if h.websocket { Wire::Ws } else { Wire::Tcp };
-        let mut conn = Conn::new(stream, fd, wire, self.now_ms);
+        let mut conn = Conn::new(stream, wire, self.now_ms);
+        conn.ticket = h.ticket;
         conn.json = h.json;
         conn.out = std::mem::take(&mut h.out);
         if let Some(allow) = h.allow.take() {
@@ -604,6 +611,7 @@ impl ShardState {
             return;
         };
         if conn.state == State::Open {
+            conn.roll_data_second(self.now_ms);
             // Any input counts as liveness.
             conn.mark_ms = self.now_ms;
         }
@@ -615,6 +623,30 @@ impl ShardState {
             Wire::Tcp => self.on_tcp_input(key, data),
             Wire::WsUpgrade | Wire::Ws => self.on_ws_input(key, data),
         }
+    }
+}
+
+impl ShardState {
+    /// A DATA frame over `max_data_frames_per_s`: dropped, answered
+    /// `slow_consumer`, counted, and logged now and then.
+    fn data_rate_exceeded(&mut self, key: ConnKey, reply: Form, id: u64) {
+        self.stats.data_rate_limited += 1;
+        if self.stats.data_rate_limited.is_power_of_two() {
+            let addr = self.conns.get(key).map(|c| c.addr).unwrap_or_default();
+            tracing::warn!(
+                shard = self.id,
+                %addr,
+                limited = self.stats.data_rate_limited,
+                "DATA over the per-connection rate limit; frames dropped"
+            );
+        }
+        self.send_error(
+            key,
+            reply,
+            id,
+            ErrorCode::SlowConsumer,
+            "DATA rate limit reached; frame dropped",
+        );
     }
 }
 

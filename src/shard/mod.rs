@@ -14,6 +14,7 @@ pub mod sim;
 pub mod state;
 pub mod wheel;
 
+use crate::admission::{Admission, Refusal};
 use crate::config::Config;
 use crate::routing::ConnKey;
 use conn::{Conn, State, Wire};
@@ -28,7 +29,7 @@ use msg::{Batch, ServiceEvent, ServiceReq};
 use state::{Outbox, ShardState};
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
@@ -58,6 +59,8 @@ pub struct ShardSetup {
     pub in_bytes: Vec<Arc<AtomicUsize>>,
     pub service: mpsc::Sender<Vec<ServiceReq>>,
     pub events: mpsc::Receiver<Vec<ServiceEvent>>,
+    /// Connection counts shared by every shard.
+    pub admission: Arc<Admission>,
     /// Told once the listeners are bound (or why they are not).
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
@@ -107,6 +110,7 @@ pub async fn run(setup: ShardSetup) {
         in_bytes,
         service,
         events,
+        admission,
         ready,
     } = setup;
 
@@ -159,7 +163,15 @@ pub async fn run(setup: ShardSetup) {
             waker: None,
         })
         .collect();
-    let state = ShardState::new(id, nshards, cfg.clone(), outboxes, in_bytes, service);
+    let state = ShardState::new(
+        id,
+        nshards,
+        cfg.clone(),
+        outboxes,
+        in_bytes,
+        service,
+        admission,
+    );
     let shard = Rc::new(Shard {
         st: RefCell::new(state),
         accepts: RefCell::new(Vec::new()),
@@ -243,16 +255,29 @@ fn adopt(shard: &Rc<Shard>, stream: TcpStream, wire: Wire) {
             tracing::warn!(
                 shard = st.id,
                 refused = st.stats.refused_full,
-                "connection limit reached; closing new connections"
+                "connection limit of the shard reached; closing new connections"
             );
         }
         return;
     }
+    let peer = if st.admission.per_ip_limits() {
+        stream.peer_addr().ok().map(|a| a.ip())
+    } else {
+        None
+    };
+    let ticket = match st.admission.admit(peer) {
+        Ok(ticket) => ticket,
+        Err(refusal) => {
+            refused(&mut st, refusal, peer);
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
     st.tick_clock();
-    let fd = stream.as_raw_fd();
     let now = st.now_ms;
-    let key = st.conns.insert(Conn::new(stream, fd, wire, now));
+    let mut conn = Conn::new(stream, wire, now);
+    conn.ticket = ticket;
+    let key = st.conns.insert(conn);
     let deadline = now + st.cfg.timeouts.handshake_timeout_ms as u64;
     let tick = st.wheel.insert(key, deadline);
     if let Some(c) = st.conns.get_mut(key) {
@@ -260,6 +285,28 @@ fn adopt(shard: &Rc<Shard>, stream: TcpStream, wire: Wire) {
     }
     st.stats.accepted += 1;
     st.spawn_readers.push(key);
+}
+
+/// Counts a connection admission refused (it is closed as it drops) and
+/// logs the 1st, 2nd, 4th, 8th... refusal of each kind.
+fn refused(st: &mut ShardState, refusal: Refusal, peer: Option<std::net::IpAddr>) {
+    let n = match refusal {
+        Refusal::Total => &mut st.stats.refused_total,
+        Refusal::PerIp => &mut st.stats.refused_per_ip,
+        Refusal::Rate => &mut st.stats.refused_rate,
+    };
+    *n += 1;
+    let n = *n;
+    if n.is_power_of_two() {
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        tracing::warn!(
+            shard = st.id,
+            refused = n,
+            peer,
+            "{}; closing new connections",
+            refusal.as_str()
+        );
+    }
 }
 
 /// Reads a connection into the shard's buffer and handles what arrived.
@@ -438,7 +485,16 @@ pub fn reader_future_bytes() -> usize {
     let cfg = Arc::new(Config::default());
     let mut cfg_small = (*cfg).clone();
     cfg_small.runtime.read_buffer_bytes = 4096;
-    let state = ShardState::new(0, 1, Arc::new(cfg_small), Vec::new(), Vec::new(), tx);
+    let admission = Arc::new(Admission::new(&cfg_small.limits));
+    let state = ShardState::new(
+        0,
+        1,
+        Arc::new(cfg_small),
+        Vec::new(),
+        Vec::new(),
+        tx,
+        admission,
+    );
     let shard = Rc::new(Shard {
         st: RefCell::new(state),
         accepts: RefCell::new(Vec::new()),

@@ -88,6 +88,9 @@ pub struct Handover {
     /// What the HELLO's token allows (authentication on), checked once on
     /// the accepting shard.
     pub allow: Option<crate::auth::Allow>,
+    /// The connection's admission ticket, released by the shard that ends up
+    /// closing it.
+    pub ticket: crate::admission::Ticket,
 }
 
 impl Handover {

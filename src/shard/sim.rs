@@ -77,7 +77,7 @@ pub fn idle_footprint(n: usize, reader_future_bytes: usize) -> (Footprint, Popul
     let mut wheel = Wheel::new(100, Wheel::slots_for(90_000, 100), 0);
     let mut tasks = Vec::with_capacity(0);
     for i in 0..n {
-        let mut conn = Conn::new([0u8; STREAM_BYTES], -1, Wire::Tcp, 0);
+        let mut conn = Conn::new([0u8; STREAM_BYTES], Wire::Tcp, 0);
         conn.state = State::Open;
         conn.addr = Uuid::new_v4();
         // An idle connection holds no output buffer: it went back to the

@@ -6,12 +6,14 @@
 use super::conn::{deadline_ms, Conn, Form, Slab, State, Wire};
 use super::msg::{Batch, Msg, ServiceReq};
 use super::wheel::{Entry, Wheel};
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::proto::{self, ErrorCode, Header};
 use crate::routing::{owner_shard, ConnKey, PresenceMemory, SubRef, Subscriptions};
 use crate::service::now_us;
 use crate::transport::ws;
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
@@ -88,6 +90,12 @@ pub struct Stats {
     /// HELLOs refused for their token, and frames refused as `forbidden`.
     pub auth_failed: u64,
     pub forbidden: u64,
+    /// DATA frames refused by `max_data_frames_per_s`.
+    pub data_rate_limited: u64,
+    /// New connections refused by admission, by reason.
+    pub refused_total: u64,
+    pub refused_per_ip: u64,
+    pub refused_rate: u64,
 }
 
 pub struct ShardState {
@@ -128,6 +136,8 @@ pub struct ShardState {
     pub service_out: Vec<ServiceReq>,
     pub service_waker: Option<Waker>,
     pub service: mpsc::Sender<Vec<ServiceReq>>,
+    /// Connection counts shared by every shard.
+    pub admission: Arc<Admission>,
     /// False once shutdown began: new connections are refused.
     pub accepting: bool,
     /// Shutdown began: report `Drained` to the service shard at the next
@@ -148,6 +158,7 @@ impl ShardState {
         outboxes: Vec<Outbox>,
         inbound: Vec<Arc<AtomicUsize>>,
         service: mpsc::Sender<Vec<ServiceReq>>,
+        admission: Arc<Admission>,
     ) -> Self {
         let t = &cfg.timeouts;
         let longest = t
@@ -181,6 +192,7 @@ impl ShardState {
             service_out: Vec::new(),
             service_waker: None,
             service,
+            admission,
             accepting: true,
             drain_report_due: false,
             shutting_down: false,
@@ -370,7 +382,7 @@ impl ShardState {
         conn.state = State::Draining;
         conn.out = Vec::new();
         // SAFETY: plain syscall on a descriptor this connection owns.
-        unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_RDWR) };
         // Should the reader not wake, look again after another linger.
         let at = self.now_ms + self.cfg.timeouts.close_linger_ms as u64;
         conn.mark_ms = self.now_ms;
@@ -412,7 +424,12 @@ impl ShardState {
     /// Frees the slot (closing the socket). Called by the reader as it ends.
     pub fn finish(&mut self, key: ConnKey) {
         self.unregister(key);
-        self.conns.remove(key);
+        if let Some(conn) = self.conns.remove(key) {
+            // A handed-over connection's ticket went with it.
+            if conn.state != State::HandedOver {
+                self.admission.release(conn.ticket);
+            }
+        }
     }
 
     /// HELLO accepted on the owner shard: the address is registered here.
@@ -663,7 +680,7 @@ impl ShardState {
                 // a socket this connection owns.
                 let n = unsafe {
                     libc::send(
-                        conn.fd,
+                        conn.stream.as_raw_fd(),
                         conn.out.as_ptr().cast(),
                         conn.out.len(),
                         libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -725,7 +742,7 @@ impl ShardState {
         };
         if conn.state == State::Closing && conn.out.is_empty() {
             // SAFETY: plain syscall on a descriptor this connection owns.
-            unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+            unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_WR) };
             conn.state = State::Draining;
         }
     }

@@ -6,6 +6,10 @@ use crate::shard::conn::Form;
 use crate::shard::handle::{reject_message, Flow};
 use crate::shard::state::ShardState;
 
+/// Most a carry-over buffer reserves beyond the bytes it holds; a larger
+/// frame's buffer grows as its bytes arrive.
+pub const CARRY_RESERVE_MAX: usize = 64 * 1024;
+
 /// How far processing got through a buffer.
 pub enum Progress {
     /// Frames up to this offset were handled; the rest is an incomplete
@@ -42,14 +46,17 @@ impl ShardState {
         }
     }
 
-    /// Keeps the start of an incomplete frame for the next read, reserving
-    /// exactly what the frame needs (bounded by the maximum payload).
+    /// Keeps the start of an incomplete frame for the next read. What the
+    /// frame needs in all is reserved only up to [`CARRY_RESERVE_MAX`] bytes
+    /// beyond what arrived: a header that promises a large payload and never
+    /// sends it must not make the gateway reserve the whole payload.
     pub fn carry(&mut self, key: ConnKey, rest: &[u8], needed: usize) {
         if rest.is_empty() {
             return;
         }
         if let Some(conn) = self.conns.get_mut(key) {
-            let mut buf = Vec::with_capacity(needed.max(rest.len()));
+            let reserve = needed.min(rest.len() + CARRY_RESERVE_MAX).max(rest.len());
+            let mut buf = Vec::with_capacity(reserve);
             buf.extend_from_slice(rest);
             conn.set_inbuf(buf);
         }

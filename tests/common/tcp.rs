@@ -2,7 +2,7 @@
 //! never loses a partly received frame.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -47,6 +47,23 @@ pub struct TcpClient {
 impl TcpClient {
     pub fn try_connect(gateway: SocketAddr) -> io::Result<TcpClient> {
         let stream = TcpStream::connect_timeout(&gateway, CONNECT_TIMEOUT)?;
+        TcpClient::wrap(stream)
+    }
+
+    /// Connects from the source address `source` (any 127.x.y.z works on
+    /// loopback), so a test can play several client hosts.
+    pub fn try_connect_from(gateway: SocketAddr, source: IpAddr) -> io::Result<TcpClient> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(gateway),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+        socket.connect_timeout(&gateway.into(), CONNECT_TIMEOUT)?;
+        TcpClient::wrap(socket.into())
+    }
+
+    fn wrap(stream: TcpStream) -> io::Result<TcpClient> {
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         Ok(TcpClient {
