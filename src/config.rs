@@ -34,6 +34,7 @@ pub struct Config {
     pub store: Store,
     pub log: Log,
     pub auth: Auth,
+    pub tls: Tls,
 }
 
 /// Where the gateway listens. Every shard binds every address with
@@ -43,6 +44,10 @@ pub struct Config {
 pub struct Listen {
     pub tcp: Vec<SocketAddr>,
     pub ws: Vec<SocketAddr>,
+    /// Binary frames inside TLS (needs `[tls]`).
+    pub tls: Vec<SocketAddr>,
+    /// WebSocket inside TLS, `wss://HOST:PORT/ws` (needs `[tls]`).
+    pub wss: Vec<SocketAddr>,
     /// listen(2) backlog of every listening socket.
     pub backlog: u32,
 }
@@ -179,6 +184,16 @@ pub struct Log {
     pub level: String,
 }
 
+/// The certificate of the TLS and WSS listeners.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert_path: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: std::path::PathBuf,
+}
+
 /// Token authentication and per-address authorization (see `auth`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -223,6 +238,8 @@ impl Default for Listen {
         Listen {
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 7000))],
             ws: vec![SocketAddr::from(([127, 0, 0, 1], 7001))],
+            tls: Vec::new(),
+            wss: Vec::new(),
             backlog: 4096,
         }
     }
@@ -339,8 +356,14 @@ impl Config {
     /// Checks the relations between settings that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.listen.tcp.is_empty() && self.listen.ws.is_empty() {
-            return bad("listen: at least one tcp or ws address is needed");
+        let l = &self.listen;
+        if l.tcp.is_empty() && l.ws.is_empty() && l.tls.is_empty() && l.wss.is_empty() {
+            return bad("listen: at least one tcp, ws, tls or wss address is needed");
+        }
+        let tls_files =
+            !self.tls.cert_path.as_os_str().is_empty() && !self.tls.key_path.as_os_str().is_empty();
+        if (!l.tls.is_empty() || !l.wss.is_empty()) && !tls_files {
+            return bad("listen.tls and listen.wss need [tls] cert_path and key_path");
         }
         if self.limits.max_payload_bytes == 0 || self.limits.max_payload_bytes > (1 << 30) {
             return bad("limits.max_payload_bytes must be in 1..=1073741824");
@@ -512,6 +535,19 @@ mod tests {
         c2.auth.keys[0].secret = "short".into();
         assert!(c2.validate().is_err(), "short secret");
         assert!(Config::from_toml("[auth]\nmode = \"basic\"\n").is_err());
+    }
+
+    #[test]
+    fn tls_listeners_need_a_certificate() {
+        let c = Config::from_toml("[listen]\ntls = [\"127.0.0.1:7443\"]\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml(
+            "[listen]\nwss = [\"127.0.0.1:7444\"]\n[tls]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.wss.len(), 1);
+        assert_eq!(c.listen.tcp.len(), 1, "plain listeners keep their defaults");
     }
 
     #[test]

@@ -31,6 +31,20 @@ struct Cli {
     /// WebSocket listen address (repeatable); replaces [listen] ws.
     #[arg(long = "ws")]
     ws: Vec<SocketAddr>,
+    /// TLS listen address for binary frames (repeatable); replaces
+    /// [listen] tls.
+    #[arg(long = "tls")]
+    tls: Vec<SocketAddr>,
+    /// WSS (WebSocket over TLS) listen address (repeatable); replaces
+    /// [listen] wss.
+    #[arg(long = "wss")]
+    wss: Vec<SocketAddr>,
+    /// PEM certificate chain of the TLS listeners; replaces [tls] cert_path.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listeners; replaces [tls] key_path.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     /// Connection shards (0 = one per core).
     #[arg(long)]
     shards: Option<usize>,
@@ -133,6 +147,18 @@ fn real_main() -> anyhow::Result<()> {
     if !cli.ws.is_empty() {
         cfg.listen.ws = cli.ws.clone();
     }
+    if !cli.tls.is_empty() {
+        cfg.listen.tls = cli.tls.clone();
+    }
+    if !cli.wss.is_empty() {
+        cfg.listen.wss = cli.wss.clone();
+    }
+    if let Some(p) = &cli.tls_cert {
+        cfg.tls.cert_path = p.clone();
+    }
+    if let Some(p) = &cli.tls_key {
+        cfg.tls.key_path = p.clone();
+    }
     if let Some(s) = cli.shards {
         cfg.runtime.shards = s;
     }
@@ -175,6 +201,8 @@ fn real_main() -> anyhow::Result<()> {
         .tcp
         .iter()
         .chain(&cfg.listen.ws)
+        .chain(&cfg.listen.tls)
+        .chain(&cfg.listen.wss)
         .find(|a| !a.ip().is_loopback());
     if let (AuthMode::Off, Some(addr)) = (cfg.auth.mode, exposed) {
         tracing::warn!(
@@ -192,16 +220,24 @@ fn real_main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(",")
     };
-    tracing::info!(tcp = %join(&gw.tcp), ws = %join(&gw.ws), shards, "gateway listening");
+    tracing::info!(
+        tcp = %join(&gw.tcp),
+        ws = %join(&gw.ws),
+        tls = %join(&gw.tls),
+        wss = %join(&gw.wss),
+        shards,
+        "gateway listening"
+    );
     {
+        // The ready line names only the kinds of listener that are set.
+        let mut line = format!("gateway ready tcp={} ws={}", join(&gw.tcp), join(&gw.ws));
+        for (key, addrs) in [("tls", &gw.tls), ("wss", &gw.wss)] {
+            if !addrs.is_empty() {
+                line.push_str(&format!(" {key}={}", join(addrs)));
+            }
+        }
         let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "gateway ready tcp={} ws={} shards={}",
-            join(&gw.tcp),
-            join(&gw.ws),
-            gw.shards
-        )?;
+        writeln!(out, "{line} shards={}", gw.shards)?;
         out.flush()?;
     }
     gw.wait();

@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 pub struct Gateway {
     pub tcp: Vec<SocketAddr>,
     pub ws: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub wss: Vec<SocketAddr>,
     pub shards: usize,
     shard_threads: Vec<glommio::ExecutorJoinHandle<()>>,
     service: service::Service,
@@ -54,6 +56,16 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
     };
     let tcp = resolve(&cfg.listen.tcp)?;
     let ws = resolve(&cfg.listen.ws)?;
+    let tls = resolve(&cfg.listen.tls)?;
+    let wss = resolve(&cfg.listen.wss)?;
+    let tls_config = if tls.is_empty() && wss.is_empty() {
+        None
+    } else {
+        Some(crate::transport::tls::server_config(
+            &cfg.tls.cert_path,
+            &cfg.tls.key_path,
+        )?)
+    };
 
     // One channel per ordered pair of shards, each with its byte counter.
     let mut to: Vec<Vec<Option<shared_channel::SharedSender<Batch>>>> =
@@ -101,6 +113,9 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
             cfg: cfg.clone(),
             tcp: tcp.clone(),
             ws: ws.clone(),
+            tls: tls.clone(),
+            wss: wss.clone(),
+            tls_config: tls_config.clone(),
             to: to_i,
             from: from_i,
             out_bytes: (0..n).map(|j| counters[id][j].clone()).collect(),
@@ -141,6 +156,8 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
     Ok(Gateway {
         tcp,
         ws,
+        tls,
+        wss,
         shards: n,
         shard_threads,
         service,

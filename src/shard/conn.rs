@@ -9,6 +9,7 @@ use crate::admission::Ticket;
 use crate::auth::Allow;
 use crate::config::Timeouts;
 use crate::routing::ConnKey;
+use crate::transport::tls::Tls;
 use glommio::net::TcpStream;
 use uuid::Uuid;
 
@@ -106,6 +107,8 @@ struct Extra {
     ws_partial: Option<WsPartial>,
     /// What the HELLO's token allows; only set when authentication is on.
     allow: Option<Allow>,
+    /// The TLS session of a connection accepted on a tls or wss listener.
+    tls: Option<Box<Tls>>,
 }
 
 impl Extra {
@@ -114,6 +117,7 @@ impl Extra {
             && self.watching.is_empty()
             && self.ws_partial.is_none()
             && self.allow.is_none()
+            && self.tls.is_none()
     }
 }
 
@@ -254,6 +258,43 @@ impl<S> Conn<S> {
         let a = self.extra.as_mut()?.allow.take();
         self.tidy();
         a
+    }
+
+    pub fn set_tls(&mut self, tls: Box<Tls>) {
+        self.extra_mut().tls = Some(tls);
+    }
+
+    pub fn take_tls(&mut self) -> Option<Box<Tls>> {
+        let t = self.extra.as_mut()?.tls.take();
+        self.tidy();
+        t
+    }
+
+    pub fn tls_mut(&mut self) -> Option<&mut Tls> {
+        self.extra.as_mut()?.tls.as_deref_mut()
+    }
+
+    /// Bytes queued towards the peer: frames not yet sealed plus, on TLS,
+    /// records not yet written.
+    pub fn queued_len(&self) -> usize {
+        let records = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.tls.as_ref())
+            .map_or(0, |t| t.out.len());
+        self.out.len() + records
+    }
+
+    /// The socket and the bytes to write to it next: `out` itself, or on
+    /// TLS the records `out` was just sealed into.
+    pub fn wire_parts(&mut self) -> (&mut S, &mut Vec<u8>) {
+        match self.extra.as_mut().and_then(|e| e.tls.as_deref_mut()) {
+            Some(tls) => {
+                tls.seal(&mut self.out);
+                (&mut self.stream, &mut tls.out)
+            }
+            None => (&mut self.stream, &mut self.out),
+        }
     }
 
     /// Whether the token allows reaching `addr`; false when no token was

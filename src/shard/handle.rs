@@ -405,6 +405,7 @@ impl ShardState {
             out: std::mem::take(&mut conn.out),
             allow: conn.take_allow(),
             ticket: conn.ticket,
+            tls: conn.take_tls(),
         };
         conn.state = State::HandedOver;
         conn.clear_input();
@@ -422,6 +423,9 @@ impl ShardState {
         let wire = if h.websocket { Wire::Ws } else { Wire::Tcp };
         let mut conn = Conn::new(stream, wire, self.now_ms);
         conn.ticket = h.ticket;
+        if let Some(tls) = h.tls.take() {
+            conn.set_tls(tls);
+        }
         conn.json = h.json;
         conn.out = std::mem::take(&mut h.out);
         if let Some(allow) = h.allow.take() {

@@ -17,6 +17,7 @@ pub mod wheel;
 use crate::admission::{Admission, Refusal};
 use crate::config::Config;
 use crate::routing::ConnKey;
+use crate::transport::tls::Tls;
 use conn::{Conn, State, Wire};
 use futures_lite::future::{poll_fn, yield_now};
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -50,6 +51,10 @@ pub struct ShardSetup {
     pub cfg: Arc<Config>,
     pub tcp: Vec<SocketAddr>,
     pub ws: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub wss: Vec<SocketAddr>,
+    /// The TLS server configuration when a tls or wss listener is set.
+    pub tls_config: Option<Arc<rustls::ServerConfig>>,
     /// Senders to every other shard (None at this shard's own index).
     pub to: Vec<Option<SharedSender<Batch>>>,
     /// Receivers from every other shard (None at this shard's own index).
@@ -104,6 +109,9 @@ pub async fn run(setup: ShardSetup) {
         cfg,
         tcp,
         ws,
+        tls,
+        wss,
+        tls_config,
         to,
         from,
         out_bytes,
@@ -116,13 +124,19 @@ pub async fn run(setup: ShardSetup) {
 
     let mut listeners = Vec::new();
     let bound: Result<(), String> = (|| {
-        for (addrs, wire) in [(&tcp, Wire::Tcp), (&ws, Wire::WsUpgrade)] {
+        let kinds = [
+            (&tcp, Wire::Tcp, None),
+            (&ws, Wire::WsUpgrade, None),
+            (&tls, Wire::Tcp, tls_config.as_ref()),
+            (&wss, Wire::WsUpgrade, tls_config.as_ref()),
+        ];
+        for (addrs, wire, tls) in kinds {
             for addr in addrs {
                 let s = crate::transport::listen::listen(*addr, cfg.listen.backlog)
                     .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
                 // SAFETY: a listening socket we own, handed to glommio.
                 let l = unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) };
-                listeners.push((l, wire));
+                listeners.push((l, wire, tls.cloned()));
             }
         }
         Ok(())
@@ -186,8 +200,8 @@ pub async fn run(setup: ShardSetup) {
     glommio::spawn_local(service_events(shard.clone(), events)).detach();
     glommio::spawn_local(service_sender(shard.clone())).detach();
     glommio::spawn_local(flusher(shard.clone())).detach();
-    for (listener, wire) in listeners {
-        let task = glommio::spawn_local(accept_loop(shard.clone(), listener, wire));
+    for (listener, wire, tls) in listeners {
+        let task = glommio::spawn_local(accept_loop(shard.clone(), listener, wire, tls));
         shard.accepts.borrow_mut().push(task);
     }
 
@@ -220,11 +234,16 @@ async fn ticker(shard: Rc<Shard>) {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, wire: Wire) {
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    wire: Wire,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                adopt(&shard, stream, wire);
+                adopt(&shard, stream, wire, tls.as_ref());
                 shard.spawn_pending();
             }
             Err(e) => {
@@ -244,7 +263,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, wire: Wire) {
     }
 }
 
-fn adopt(shard: &Rc<Shard>, stream: TcpStream, wire: Wire) {
+fn adopt(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    wire: Wire,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) {
     let mut st = shard.st.borrow_mut();
     if !st.accepting {
         return;
@@ -277,6 +301,16 @@ fn adopt(shard: &Rc<Shard>, stream: TcpStream, wire: Wire) {
     let now = st.now_ms;
     let mut conn = Conn::new(stream, wire, now);
     conn.ticket = ticket;
+    if let Some(config) = tls {
+        match Tls::new(config) {
+            Ok(tls) => conn.set_tls(tls),
+            Err(e) => {
+                tracing::warn!(shard = st.id, error = %e, "cannot start a TLS session; closing");
+                st.admission.release(ticket);
+                return;
+            }
+        }
+    }
     let key = st.conns.insert(conn);
     let deadline = now + st.cfg.timeouts.handshake_timeout_ms as u64;
     let tick = st.wheel.insert(key, deadline);
@@ -333,7 +367,7 @@ async fn reader(shard: Rc<Shard>, key: ConnKey) {
             match res {
                 Some(Ok(n)) if n > 0 => {
                     let mut buf = std::mem::take(&mut st.rbuf);
-                    st.on_input(key, &mut buf[..n]);
+                    st.on_socket_input(key, &mut buf[..n]);
                     let full = n == buf.len();
                     st.rbuf = buf;
                     full
@@ -361,11 +395,14 @@ async fn writer(shard: Rc<Shard>, key: ConnKey) {
             let Some(conn) = st.conns.get_mut(key) else {
                 return Poll::Ready(None);
             };
-            if conn.out.is_empty() || conn.state == State::HandedOver {
+            if conn.state == State::HandedOver {
                 return Poll::Ready(Some(Ok(0)));
             }
-            let Conn { stream, out, .. } = conn;
-            Pin::new(stream).poll_write(cx, out).map(Some)
+            let (stream, wire) = conn.wire_parts();
+            if wire.is_empty() {
+                return Poll::Ready(Some(Ok(0)));
+            }
+            Pin::new(stream).poll_write(cx, wire).map(Some)
         })
         .await;
         let mut st = shard.st.borrow_mut();

@@ -91,6 +91,8 @@ pub struct Handover {
     /// The connection's admission ticket, released by the shard that ends up
     /// closing it.
     pub ticket: crate::admission::Ticket,
+    /// The TLS session, with any records not yet written.
+    pub tls: Option<Box<crate::transport::tls::Tls>>,
 }
 
 impl Handover {

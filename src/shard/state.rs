@@ -90,6 +90,8 @@ pub struct Stats {
     /// HELLOs refused for their token, and frames refused as `forbidden`.
     pub auth_failed: u64,
     pub forbidden: u64,
+    /// TLS sessions that failed (bad handshake, bad record).
+    pub tls_failed: u64,
     /// DATA frames refused by `max_data_frames_per_s`.
     pub data_rate_limited: u64,
     /// New connections refused by admission, by reason.
@@ -129,6 +131,9 @@ pub struct ShardState {
     scratch: Vec<u8>,
     json_scratch: Vec<u8>,
     pub payload_scratch: Vec<u8>,
+    /// Plaintext of the TLS records of one read (at most the read buffer's
+    /// size; empty on a gateway without TLS listeners).
+    pub tls_plain: Vec<u8>,
     pub data_scratch: Vec<u8>,
     /// Requests for the service shard gathered this tick; one task sends
     /// them as one batch (a wake-up of the service thread per tick, not per
@@ -188,6 +193,7 @@ impl ShardState {
             scratch: Vec::with_capacity(256),
             json_scratch: Vec::with_capacity(256),
             payload_scratch: Vec::new(),
+            tls_plain: Vec::new(),
             data_scratch: Vec::new(),
             service_out: Vec::new(),
             service_waker: None,
@@ -232,7 +238,7 @@ impl ShardState {
                 conn.out = buf;
             }
         }
-        if conn.out.len() + frame.len() > cap {
+        if conn.queued_len() + frame.len() > cap {
             if class == Class::Control {
                 // It cannot even be told; cut it off rather than queue without
                 // bound.
@@ -275,7 +281,7 @@ impl ShardState {
         self.mark_dirty(key);
     }
 
-    fn mark_dirty(&mut self, key: ConnKey) {
+    pub fn mark_dirty(&mut self, key: ConnKey) {
         if let Some(conn) = self.conns.get_mut(key) {
             if !conn.dirty {
                 conn.dirty = true;
@@ -662,9 +668,10 @@ impl ShardState {
 
     // ----- flushing -----------------------------------------------------
 
-    /// Writes every dirty connection's queue with one non-blocking send each.
-    /// A socket that cannot take everything gets a writer task that waits for
-    /// room; nobody else waits for it.
+    /// Writes every dirty connection's queue with one non-blocking send each
+    /// (on TLS, its queue sealed into records first). A socket that cannot
+    /// take everything gets a writer task that waits for room; nobody else
+    /// waits for it.
     pub fn flush_dirty(&mut self) {
         let mut list = std::mem::take(&mut self.dirty);
         for key in list.drain(..) {
@@ -675,14 +682,15 @@ impl ShardState {
             if conn.write_blocked {
                 continue;
             }
-            if !conn.out.is_empty() {
-                // SAFETY: `out` is a live buffer of `out.len()` bytes and `fd`
-                // a socket this connection owns.
+            let (stream, wire) = conn.wire_parts();
+            if !wire.is_empty() {
+                // SAFETY: `wire` is a live buffer of `wire.len()` bytes and
+                // the descriptor a socket this connection owns.
                 let n = unsafe {
                     libc::send(
-                        conn.stream.as_raw_fd(),
-                        conn.out.as_ptr().cast(),
-                        conn.out.len(),
+                        stream.as_raw_fd(),
+                        wire.as_ptr().cast(),
+                        wire.len(),
                         libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
                     )
                 };
@@ -697,17 +705,15 @@ impl ShardState {
                     continue;
                 }
                 let n = n as usize;
-                if n < conn.out.len() {
-                    conn.out.drain(..n);
+                if n < wire.len() {
+                    wire.drain(..n);
                     conn.write_blocked = true;
                     self.spawn_writers.push(key);
                     continue;
                 }
-                let mut buf = std::mem::take(&mut conn.out);
-                if buf.capacity() <= OUT_KEEP_BYTES && self.out_pool.len() < OUT_POOL_MAX {
-                    buf.clear();
-                    self.out_pool.push(buf);
-                }
+                let sent = std::mem::take(wire);
+                self.recycle(sent);
+                self.recycle_sealed(key);
             }
             self.after_write(key);
         }
@@ -716,31 +722,58 @@ impl ShardState {
         }
     }
 
+    /// Keeps a small emptied output buffer for the next connection that
+    /// needs one; an idle connection holds none.
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > 0
+            && buf.capacity() <= OUT_KEEP_BYTES
+            && self.out_pool.len() < OUT_POOL_MAX
+        {
+            buf.clear();
+            self.out_pool.push(buf);
+        }
+    }
+
+    /// On TLS the frame queue was sealed (emptied) but kept its capacity.
+    fn recycle_sealed(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.is_empty() && conn.out.capacity() > 0 {
+            let buf = std::mem::take(&mut conn.out);
+            self.recycle(buf);
+        }
+    }
+
     /// A writer task sent `n` more bytes; true when the queue is empty.
     pub fn wrote(&mut self, key: ConnKey, n: usize) -> bool {
         let Some(conn) = self.conns.get_mut(key) else {
             return true;
         };
-        conn.out.drain(..n.min(conn.out.len()));
-        if !conn.out.is_empty() {
+        let (_, wire) = conn.wire_parts();
+        wire.drain(..n.min(wire.len()));
+        if !wire.is_empty() {
             return false;
         }
+        let sent = std::mem::take(wire);
         conn.write_blocked = false;
-        let mut buf = std::mem::take(&mut conn.out);
-        if buf.capacity() <= OUT_KEEP_BYTES && self.out_pool.len() < OUT_POOL_MAX {
-            buf.clear();
-            self.out_pool.push(buf);
-        }
+        self.recycle(sent);
+        self.recycle_sealed(key);
         self.after_write(key);
         true
     }
 
-    /// Once a closing connection's output is out, shut its write side.
+    /// Once a closing connection's output is out, shut its write side (on
+    /// TLS, after a close_notify).
     fn after_write(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.state == State::Closing && conn.out.is_empty() {
+        if conn.state == State::Closing && conn.queued_len() == 0 {
+            if conn.tls_mut().is_some_and(|t| t.close_notify()) {
+                self.mark_dirty(key);
+                return;
+            }
             // SAFETY: plain syscall on a descriptor this connection owns.
             unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_WR) };
             conn.state = State::Draining;

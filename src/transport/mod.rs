@@ -3,4 +3,5 @@
 
 pub mod listen;
 pub mod tcp;
+pub mod tls;
 pub mod ws;

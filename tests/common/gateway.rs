@@ -45,6 +45,9 @@ pub struct Gateway {
     pub tcp: Vec<SocketAddr>,
     /// Resolved WebSocket listen addresses.
     pub ws: Vec<SocketAddr>,
+    /// Resolved TLS and WSS listen addresses (empty unless configured).
+    pub tls: Vec<SocketAddr>,
+    pub wss: Vec<SocketAddr>,
     /// Shard count from the ready line.
     pub shards: usize,
     config: String,
@@ -138,6 +141,8 @@ impl Gateway {
             child,
             tcp: Vec::new(),
             ws: Vec::new(),
+            tls: Vec::new(),
+            wss: Vec::new(),
             shards: 0,
             config,
             config_path,
@@ -177,6 +182,8 @@ impl Gateway {
             match key {
                 "tcp" => self.tcp = parse_addrs(value, line),
                 "ws" => self.ws = parse_addrs(value, line),
+                "tls" => self.tls = parse_addrs(value, line),
+                "wss" => self.wss = parse_addrs(value, line),
                 "shards" => {
                     shards = Some(
                         value

@@ -12,6 +12,8 @@
 //!   for the ready line, drains its logs, kills it on drop.
 //! - `frame.rs`: the binary frame codec, kinds, error codes and payloads.
 //! - `tcp.rs`: a blocking TCP client with a deadline on every read and write.
+//! - `tls.rs`: a certificate made at test time and a client stream that is
+//!   plain TCP or TLS, used by both clients below.
 //! - `ws.rs`: a WebSocket client over tungstenite, binary and JSON text modes.
 //! - `json.rs`: JSON field helpers and a small base64 codec.
 //! - `mariadb.rs`: the `mysql` command line client, a MariaDB server of the
@@ -29,6 +31,7 @@ pub mod gateway;
 pub mod json;
 pub mod mariadb;
 pub mod tcp;
+pub mod tls;
 pub mod ws;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

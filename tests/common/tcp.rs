@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::frame::{self, code, kind, Frame, Presence, State, Welcome, NIL};
+use super::tls::{Stream, TestCert};
 use super::{random_id, RECV_TIMEOUT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,7 +35,7 @@ pub enum Event {
 }
 
 pub struct TcpClient {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     chunk: Vec<u8>,
     closed: bool,
@@ -63,9 +64,27 @@ impl TcpClient {
         TcpClient::wrap(socket.into())
     }
 
+    /// Connects to a TLS listener and completes the TLS handshake.
+    pub fn connect_tls(gateway: SocketAddr, cert: &TestCert) -> TcpClient {
+        let stream = Stream::connect_tls(gateway, cert.client_config())
+            .unwrap_or_else(|e| panic!("TLS connect to gateway {gateway}: {e}"));
+        TcpClient::wrap_stream(stream).expect("socket options")
+    }
+
+    /// Connects over TLS and registers `addr`.
+    pub fn hello_tls(gateway: SocketAddr, cert: &TestCert, addr: Uuid) -> TcpClient {
+        let mut client = TcpClient::connect_tls(gateway, cert);
+        client.register(addr);
+        client
+    }
+
     fn wrap(stream: TcpStream) -> io::Result<TcpClient> {
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        TcpClient::wrap_stream(Stream::Plain(stream))
+    }
+
+    fn wrap_stream(stream: Stream) -> io::Result<TcpClient> {
+        stream.tcp().set_nodelay(true)?;
+        stream.tcp().set_write_timeout(Some(WRITE_TIMEOUT))?;
         Ok(TcpClient {
             stream,
             buf: Vec::new(),
@@ -134,7 +153,7 @@ impl TcpClient {
 
     /// Half-closes the write side, as a client that is done sending.
     pub fn shutdown_write(&mut self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
+        let _ = self.stream.tcp().shutdown(Shutdown::Write);
     }
 
     /// Waits up to `timeout` for one frame. Every frame from the gateway
@@ -162,6 +181,7 @@ impl TcpClient {
             }
             let wait = (deadline - now).max(MIN_READ_WAIT);
             self.stream
+                .tcp()
                 .set_read_timeout(Some(wait))
                 .expect("set read timeout");
             match self.stream.read(&mut self.chunk) {
@@ -345,7 +365,7 @@ impl TcpClient {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.stream.local_addr().expect("local addr")
+        self.stream.tcp().local_addr().expect("local addr")
     }
 }
 

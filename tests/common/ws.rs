@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::frame::{self, kind, Frame, Welcome, NIL};
 use super::json::{self, check_gateway_json, get_str, get_u64, get_uuid, uuid_str};
 use super::tcp::assert_error;
+use super::tls::{Stream, TestCert};
 use super::{random_id, RECV_TIMEOUT};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,7 +32,7 @@ pub enum WsEvent {
 }
 
 pub struct WsClient {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<Stream>,
     /// Registered address, nil before welcome.
     pub addr: Uuid,
 }
@@ -41,15 +42,24 @@ impl WsClient {
     pub fn connect(gateway: SocketAddr) -> WsClient {
         let stream = TcpStream::connect_timeout(&gateway, CONNECT_TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to gateway ws {gateway}: {e}"));
-        stream.set_nodelay(true).expect("nodelay");
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
+        WsClient::upgrade(Stream::Plain(stream), &format!("ws://{gateway}/ws"))
+    }
+
+    /// Opens a WebSocket on `/ws` over TLS (wss://).
+    pub fn connect_tls(gateway: SocketAddr, cert: &TestCert) -> WsClient {
+        let stream = Stream::connect_tls(gateway, cert.client_config())
+            .unwrap_or_else(|e| panic!("TLS connect to gateway wss {gateway}: {e}"));
+        WsClient::upgrade(stream, &format!("wss://localhost:{}/ws", gateway.port()))
+    }
+
+    fn upgrade(stream: Stream, url: &str) -> WsClient {
+        let tcp = stream.tcp();
+        tcp.set_nodelay(true).expect("nodelay");
+        tcp.set_read_timeout(Some(IO_TIMEOUT))
             .expect("read timeout");
-        stream
-            .set_write_timeout(Some(IO_TIMEOUT))
+        tcp.set_write_timeout(Some(IO_TIMEOUT))
             .expect("write timeout");
-        let url = format!("ws://{gateway}/ws");
-        let (ws, response) = tungstenite::client::client(url.as_str(), stream)
+        let (ws, response) = tungstenite::client::client(url, stream)
             .unwrap_or_else(|e| panic!("WebSocket handshake with {url}: {e}"));
         assert_eq!(response.status().as_u16(), 101, "upgrade status");
         WsClient { ws, addr: NIL }
@@ -145,6 +155,7 @@ impl WsClient {
             let wait = (deadline - now).max(MIN_READ_WAIT);
             self.ws
                 .get_ref()
+                .tcp()
                 .set_read_timeout(Some(wait))
                 .expect("set read timeout");
             match self.ws.read() {
