@@ -119,6 +119,18 @@ impl Verifier {
     }
 }
 
+/// What a refused client is told, given why [`Verifier::verify`] refused it:
+/// what it can act on (no token, an expired one, a token for another
+/// address) as is; anything about keys and signatures only as "invalid
+/// token", so a prober learns nothing about which `kid`s exist. The full
+/// reason goes to the gateway's log.
+pub fn client_message(why: &'static str) -> &'static str {
+    match why {
+        "token required" | "token expired" | "token is for another address" => why,
+        _ => "invalid token",
+    }
+}
+
 /// Mints a token signed with `key`, valid for `ttl_s` seconds from now.
 pub fn mint(
     key: &AuthKey,
@@ -236,6 +248,10 @@ mod tests {
         .unwrap();
         assert_eq!(v.verify(forged.as_bytes(), &me), Err("bad token signature"));
         assert_eq!(v.verify(b"", &me), Err("token required"));
+        assert_eq!(client_message("unknown kid"), "invalid token");
+        assert_eq!(client_message("bad token signature"), "invalid token");
+        assert_eq!(client_message("token expired"), "token expired");
+        assert_eq!(client_message("token required"), "token required");
         assert!(v.verify(b"garbage", &me).is_err());
     }
 }

@@ -239,7 +239,8 @@ impl ShardState {
                 Err(why) => {
                     self.stats.auth_failed += 1;
                     tracing::debug!(shard = self.id, addr = %header.src, why, "HELLO refused");
-                    self.send_error(key, reply, header.id, ErrorCode::AuthFailed, why);
+                    let message = crate::auth::client_message(why);
+                    self.send_error(key, reply, header.id, ErrorCode::AuthFailed, message);
                     return Flow::Stop;
                 }
             }
