@@ -1,7 +1,9 @@
 //! `churn`: C loops at once, each connecting, registering a fresh random
 //! address (HELLO, WELCOME) and closing, over and over for the duration.
 //! Reports completed handshakes per second, the time from starting the
-//! connect to WELCOME, and failures by reason.
+//! connect to WELCOME, and failures by reason. With `--tls` every connection
+//! also runs a TLS handshake (a full one unless `--resume`) before HELLO,
+//! and closes with close_notify.
 //!
 //! Every attempt is bounded by the setup timeout, and no loop starts one
 //! after the end, so the run stops by itself. The client closes first, so
@@ -23,6 +25,7 @@ use crate::conn::{self, Conn, ConnError, Transport};
 use crate::fan::cpu_text;
 use crate::report::{self, ErrorCounts, JsonLine, Latency, Reasons, Table};
 use crate::sys;
+use crate::tls::{TlsClient, TlsTally};
 
 /// A loop pauses this long after a failed attempt, so that a gateway that
 /// refuses at once does not turn the run into a busy loop of failures.
@@ -36,6 +39,7 @@ const JOIN_GRACE: Duration = Duration::from_secs(5);
 pub struct ChurnConfig {
     pub shared: Shared,
     pub transport: Transport,
+    pub tls: Option<TlsClient>,
     pub concurrency: u32,
     pub duration: Duration,
 }
@@ -46,6 +50,7 @@ impl ChurnConfig {
         Ok(ChurnConfig {
             shared: args.common.shared(target)?,
             transport,
+            tls: args.tls.client()?,
             concurrency: args.concurrency,
             duration: Duration::from_secs(args.duration_s),
         })
@@ -61,6 +66,9 @@ pub struct ChurnReport {
 struct ChurnCtx {
     shared: Shared,
     transport: Transport,
+    tls: Option<TlsClient>,
+    /// TLS handshakes counted with `done`, full and resumed.
+    tls_tally: TlsTally,
     end: Instant,
     welcome: RefCell<Histogram<u64>>,
     /// Handshakes whose WELCOME came before the end.
@@ -71,9 +79,10 @@ struct ChurnCtx {
     errors: RefCell<ErrorCounts>,
 }
 
-/// One attempt: connect (and upgrade), HELLO with a fresh address, WELCOME.
+/// One attempt: connect (TLS handshake, upgrade), HELLO with a fresh
+/// address, WELCOME.
 async fn handshake(ctx: &ChurnCtx, source: std::net::Ipv4Addr) -> Result<Conn, ConnError> {
-    let mut c = Conn::open(ctx.shared.target, source, ctx.transport).await?;
+    let mut c = Conn::open(ctx.shared.target, source, ctx.transport, ctx.tls.as_ref()).await?;
     let addr = uuid::Uuid::new_v4().into_bytes();
     c.hello(addr, &ctx.shared.token, 1).await?;
     Ok(c)
@@ -98,6 +107,7 @@ async fn churn_loop(ctx: Rc<ChurnCtx>, first: u64, stride: u64) {
                 let now = Instant::now();
                 if now < ctx.end {
                     ctx.done.set(ctx.done.get() + 1);
+                    ctx.tls_tally.record(c.tls_info());
                     let ns = now.duration_since(start).as_nanos() as u64;
                     ctx.welcome
                         .borrow_mut()
@@ -136,11 +146,14 @@ async fn progress(ctx: &ChurnCtx) {
 
 pub async fn run(cfg: ChurnConfig) -> anyhow::Result<ChurnReport> {
     let name = cfg.shared.target_name.clone();
+    let transport = cfg.transport.name(cfg.tls.is_some());
     let tw_before = time_wait_sockets();
     let start = Instant::now();
     let ctx = Rc::new(ChurnCtx {
         shared: cfg.shared.clone(),
         transport: cfg.transport,
+        tls: cfg.tls.clone(),
+        tls_tally: TlsTally::default(),
         end: start + cfg.duration,
         welcome: RefCell::new(report::latency_histogram()),
         done: Cell::new(0),
@@ -152,7 +165,7 @@ pub async fn run(cfg: ChurnConfig) -> anyhow::Result<ChurnReport> {
         "[churn] {} loops against {name} {} ({}) for {} s",
         cfg.concurrency,
         cfg.shared.target,
-        cfg.transport.name(),
+        transport,
         cfg.duration.as_secs()
     );
     let cpu0 = sys::cpu_time();
@@ -204,7 +217,7 @@ pub async fn run(cfg: ChurnConfig) -> anyhow::Result<ChurnReport> {
     table
         .row(
             "target",
-            format!("{name} {} ({})", cfg.shared.target, cfg.transport.name()),
+            format!("{name} {} ({transport})", cfg.shared.target),
         )
         .row(
             "loops, duration",
@@ -212,7 +225,10 @@ pub async fn run(cfg: ChurnConfig) -> anyhow::Result<ChurnReport> {
         )
         .row(
             "handshakes/s",
-            format!("{per_s} (connect, HELLO, WELCOME, close)"),
+            format!(
+                "{per_s} (connect, {}HELLO, WELCOME, close)",
+                if cfg.tls.is_some() { "TLS, " } else { "" }
+            ),
         )
         .row(
             "handshakes",
@@ -241,7 +257,7 @@ pub async fn run(cfg: ChurnConfig) -> anyhow::Result<ChurnReport> {
     let mut m = JsonLine::default();
     m.insert("scenario", json!("churn"));
     m.insert("target", json!(name));
-    m.insert("transport", json!(cfg.transport.name()));
+    m.insert("transport", json!(transport));
     m.insert("concurrency", json!(cfg.concurrency));
     m.insert("duration_s", json!(secs));
     m.insert("handshakes_per_s", json!(per_s));
@@ -257,6 +273,8 @@ pub async fn run(cfg: ChurnConfig) -> anyhow::Result<ChurnReport> {
     m.insert("time_wait_before", json!(tw_before));
     m.insert("time_wait_after", json!(tw_after));
     m.insert("client_cpu_pct", json!(cpu_pct));
+    ctx.tls_tally
+        .add_report(cfg.tls.as_ref(), &mut table, &mut m);
     Ok(ChurnReport { table, json: m })
 }
 

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::conn::{Transport, SOURCE_ADDRS_DEFAULT, TOKEN_MAX_BYTES};
 use crate::pingpong::Wire;
+use crate::tls::TlsArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,8 +38,9 @@ pub enum Command {
     /// S senders, R receivers, max(S, R) one-way streams with W frames of
     /// credit each: fan-in / fan-out throughput and one-way latency.
     Fan(FanArgs),
-    /// C loops of connect, HELLO with a fresh address, WELCOME, close:
-    /// handshakes per second and connect-to-WELCOME latency.
+    /// C loops of connect (and TLS handshake with --tls), HELLO with a fresh
+    /// address, WELCOME, close: handshakes per second and connect-to-WELCOME
+    /// latency.
     Churn(ChurnArgs),
     /// Draw SVG charts for BENCHMARKS.md from saved JSON lines (no load).
     Plot(PlotArgs),
@@ -218,6 +220,9 @@ pub struct HoldArgs {
     /// Wait after the last setup before reading the loaded RSS.
     #[arg(long = "settle-s", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub settle_s: u64,
+    /// TLS (gateway only): --tls with --ca or --insecure.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -270,6 +275,10 @@ pub struct ChurnArgs {
     /// How long loops start new handshakes.
     #[arg(long = "duration-s", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration_s: u64,
+    /// TLS: --tls with --ca or --insecure; every handshake a full one
+    /// unless --resume.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub common: Common,
 }

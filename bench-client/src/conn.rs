@@ -1,6 +1,8 @@
-//! One gateway connection over TCP or WebSocket, sized for holding tens of
-//! thousands of idle connections: a 64-byte receive buffer, decoders of fixed
-//! size, and small frames built on the stack. No allocation after setup.
+//! One gateway connection over TCP or WebSocket, either of them optionally
+//! inside TLS, sized for holding tens of thousands of idle connections: a
+//! 64-byte receive buffer, decoders of fixed size, and small frames built on
+//! the stack. No allocation after setup. A TLS connection adds rustls' state
+//! on the heap (`tls.rs`: about 6 KiB, most of it rustls' receive buffer).
 //!
 //! Only [`Conn::recv`] awaits a read, and it keeps all state in `self`, so it
 //! is cancel-safe: racing it against a timer loses no bytes. Writes happen
@@ -9,11 +11,15 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::FromRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::client::TlsStream;
 use glommio::net::TcpStream;
 
 use crate::proto::{self, kind, Addr, DecodeError, FrameStream, Header, SmallFrame, Welcome};
+use crate::tls::{self, TlsClient, TlsInfo};
 use crate::ws::{self, HandshakeError, WsDecoder, WsError, WsEvent};
 
 /// Receive buffer per connection. Idle connections get 48-byte heartbeats,
@@ -34,10 +40,13 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Ws => "ws",
+    /// The name in reports: tcp or ws, inside TLS tls or wss.
+    pub fn name(self, tls: bool) -> &'static str {
+        match (self, tls) {
+            (Transport::Tcp, false) => "tcp",
+            (Transport::Ws, false) => "ws",
+            (Transport::Tcp, true) => "tls",
+            (Transport::Ws, true) => "wss",
         }
     }
 }
@@ -97,6 +106,9 @@ impl ConnError {
 
 /// Maps an I/O error to a report reason.
 pub fn io_reason(e: &io::Error) -> &'static str {
+    if let Some(reason) = tls::error_reason(e) {
+        return reason;
+    }
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => "connect_refused",
         Some(libc::EMFILE) | Some(libc::ENFILE) => "too_many_open_files",
@@ -222,8 +234,72 @@ struct WsState {
     frame: Option<SmallFrame>,
 }
 
+/// The socket, or TLS over it. The TLS state is boxed: plain connections
+/// stay as small as they were.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    /// On TLS: close_notify, then the socket's write side.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_close(cx),
+        }
+    }
+}
+
+impl Stream {
+    /// Writes all of `bytes` and, on TLS, flushes the record rustls may
+    /// still hold (a plain socket's flush does nothing).
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.write_all(bytes).await.map_err(io_err)?;
+        self.flush().await.map_err(io_err)
+    }
+
+    fn into_plain(self) -> TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(_) => panic!("pingpong runs without TLS"),
+        }
+    }
+}
+
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     ws: Option<WsState>,
     frames: FrameStream,
     rx: [u8; RX_SMALL_BYTES],
@@ -232,18 +308,30 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects from `source`, and for WebSocket performs the upgrade to
-    /// `/ws`. The caller bounds the whole setup in time. The connect itself is
-    /// not awaited: the first write (HELLO or the upgrade request) waits for
-    /// the socket to become writable, which is when the handshake finished,
-    /// and reports a refused or failed connect as its error.
+    /// Connects from `source`, with `tls` runs the TLS handshake, and for
+    /// WebSocket performs the upgrade to `/ws`. The caller bounds the whole
+    /// setup in time. The connect itself is not awaited: the first write (the
+    /// ClientHello, HELLO or the upgrade request) waits for the socket to
+    /// become writable, which is when the TCP handshake finished, and reports
+    /// a refused or failed connect as its error.
     pub async fn open(
         target: SocketAddrV4,
         source: Ipv4Addr,
         transport: Transport,
+        tls: Option<&TlsClient>,
     ) -> Result<Conn, ConnError> {
-        let stream = start_connect(target, source).map_err(io_err)?;
-        stream.set_nodelay(true).map_err(io_err)?;
+        let tcp = start_connect(target, source).map_err(io_err)?;
+        tcp.set_nodelay(true).map_err(io_err)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => Stream::Tls(Box::new(tls.connect(tcp).await.map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    ConnError::Io("closed_during_tls_handshake")
+                } else {
+                    io_err(e)
+                }
+            })?)),
+        };
         let mut conn = Conn {
             stream,
             ws: None,
@@ -261,10 +349,7 @@ impl Conn {
     async fn ws_upgrade(&mut self, target: SocketAddrV4) -> Result<(), ConnError> {
         let key = tungstenite::handshake::client::generate_key();
         let request = ws::handshake_request(&target.to_string(), &key);
-        self.stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(io_err)?;
+        self.stream.send(request.as_bytes()).await?;
         // Heap buffer for the one response only; freed before the idle phase.
         let mut buf = vec![0u8; ws::RESPONSE_MAX_BYTES];
         let mut got = 0;
@@ -337,7 +422,7 @@ impl Conn {
             inner.extend_from_slice(payload);
             let mut out = vec![0u8; ws::client_frame_len(inner.len())];
             let n = self.wrap(&inner, &mut out);
-            return self.stream.write_all(&out[..n]).await.map_err(io_err);
+            return self.stream.send(&out[..n]).await;
         }
         let mut inner = [0u8; proto::HEADER_LEN + TX_STACK_PAYLOAD_BYTES];
         inner[..proto::HEADER_LEN].copy_from_slice(&header);
@@ -345,7 +430,7 @@ impl Conn {
         inner[proto::HEADER_LEN..len].copy_from_slice(payload);
         let mut out = [0u8; TX_STACK_BYTES];
         let n = self.wrap(&inner[..len], &mut out);
-        self.stream.write_all(&out[..n]).await.map_err(io_err)
+        self.stream.send(&out[..n]).await
     }
 
     /// Copies a frame into `out`, inside a masked binary message on WebSocket.
@@ -371,7 +456,7 @@ impl Conn {
         let mask = state.mask.next_mask();
         let ping = state.decoder.ping_payload();
         let n = ws::write_client_frame(&mut out, ws::opcode::PONG, ping, mask);
-        self.stream.write_all(&out[..n]).await.map_err(io_err)
+        self.stream.send(&out[..n]).await
     }
 
     /// Sends a WebSocket close (1000, normal) or shuts down the TCP write
@@ -383,7 +468,7 @@ impl Conn {
             let n =
                 ws::write_client_frame(&mut out, ws::opcode::CLOSE, &1000u16.to_be_bytes(), mask);
             // Best effort: the connection is being dropped either way.
-            let _ = self.stream.write_all(&out[..n]).await;
+            let _ = self.stream.send(&out[..n]).await;
         }
         let _ = self.stream.close().await;
     }
@@ -470,7 +555,7 @@ impl Conn {
         let state = self.ws.as_mut().expect("text messages need WebSocket");
         let mut out = Vec::with_capacity(ws::client_frame_len(text.len()));
         ws::push_client_frame(&mut out, ws::opcode::TEXT, &[text], state.mask.next_mask());
-        self.stream.write_all(&out).await.map_err(io_err)
+        self.stream.send(&out).await
     }
 
     /// Gives up the stream, the undecoded bytes already read and the mask
@@ -480,7 +565,7 @@ impl Conn {
         let state = self.ws.expect("a WebSocket connection");
         assert!(state.frame.is_none(), "taken right after a whole message");
         let rest = self.rx[self.rx_head as usize..self.rx_tail as usize].to_vec();
-        (self.stream, rest, state.mask)
+        (self.stream.into_plain(), rest, state.mask)
     }
 
     /// Gives up the stream and any bytes already read past the last frame,
@@ -489,6 +574,14 @@ impl Conn {
         assert!(self.ws.is_none(), "pingpong runs over TCP only");
         assert!(self.frames.at_boundary(), "taken right after a whole frame");
         let rest = self.rx[self.rx_head as usize..self.rx_tail as usize].to_vec();
-        (self.stream, rest)
+        (self.stream.into_plain(), rest)
+    }
+
+    /// What the TLS handshake negotiated; `None` without TLS.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        match &self.stream {
+            Stream::Plain(_) => None,
+            Stream::Tls(s) => Some(TlsInfo::of(s)),
+        }
     }
 }

@@ -11,6 +11,10 @@
 //! Connection i goes to the gateway's listen address i mod T (round robin over
 //! the T given) from source address 127.0.0.(1 + i mod N).
 //!
+//! With `--tls` every gateway connection runs a TLS handshake first (the
+//! gateway's TLS or WSS port), so the server's bytes per connection include
+//! its TLS state; the client's own cost per connection is reported too.
+//!
 //! `soak` is this same run with [`HoldConfig::data`] set: a few of the held
 //! connections also carry DATA in pairs (`soak.rs`), and the report gets the
 //! DATA figures.
@@ -37,6 +41,7 @@ use crate::proto::{self, kind};
 use crate::report::{self, ErrorCounts, JsonLine, Latency, Reasons, Table};
 use crate::soak::{self, DataConfig, Endpoint, Pairs};
 use crate::sys;
+use crate::tls::{TlsClient, TlsTally};
 
 mod peer;
 
@@ -57,6 +62,8 @@ pub struct HoldConfig {
     pub wire: Wire,
     /// How the gateway is reached (NATS and MQTT: always TCP).
     pub transport: Transport,
+    /// TLS around every gateway connection (`--tls`).
+    pub tls: Option<TlsClient>,
     /// The server's listen addresses, used round robin (`shared.target` is
     /// the first).
     pub targets: Vec<SocketAddrV4>,
@@ -75,12 +82,15 @@ pub struct HoldConfig {
 
 impl HoldConfig {
     /// Validates hold's arguments: loopback targets, no address twice, no
-    /// token for NATS or MQTT, and a readable `/proc/PID/status` for
-    /// --server-pid.
+    /// token or TLS for NATS or MQTT, a readable trust root for --ca, and a
+    /// readable `/proc/PID/status` for --server-pid.
     pub fn from_args(args: &HoldArgs) -> anyhow::Result<HoldConfig> {
         let (wire, transport, texts) = args.targets();
         if wire != Wire::Gateway && !args.common.token.is_empty() {
             bail!("--token is only for the gateway (NATS and MQTT targets run without auth)");
+        }
+        if wire != Wire::Gateway && args.tls.tls {
+            bail!("--tls is only for the gateway (--tcp or --ws)");
         }
         let mut targets = Vec::with_capacity(texts.len());
         for text in texts {
@@ -96,6 +106,7 @@ impl HoldConfig {
                 .shared_named(&texts[0], wire.default_target_name())?,
             wire,
             transport,
+            tls: args.tls.client()?,
             targets,
             conns: args.conns,
             heartbeat: Duration::from_secs(args.heartbeat_s),
@@ -112,11 +123,11 @@ impl HoldConfig {
         Ok(cfg)
     }
 
-    /// The JSON line's `transport`: tcp or ws for the gateway, else the
-    /// wire's name (nats, mqtt), as pingpong writes it.
+    /// The JSON line's `transport`: tcp, ws, tls or wss for the gateway,
+    /// else the wire's name (nats, mqtt), as pingpong writes it.
     pub fn transport_name(&self) -> &'static str {
         match self.wire {
-            Wire::Gateway => self.transport.name(),
+            Wire::Gateway => self.transport.name(self.tls.is_some()),
             wire => wire.transport_name(),
         }
     }
@@ -153,6 +164,8 @@ struct HoldCtx {
     hb_rtt: RefCell<Histogram<u64>>,
     /// Smallest heartbeat timeout any WELCOME announced (u64::MAX: none yet).
     hb_timeout_ms: Cell<u64>,
+    /// TLS handshakes of the connections that registered.
+    tls_tally: TlsTally,
     /// Never has permits; closing it tells every connection to end.
     stop: Semaphore,
     /// Connections up per gateway address (index into `cfg.targets`) and per
@@ -293,6 +306,7 @@ pub async fn run(cfg: HoldConfig) -> anyhow::Result<HoldReport> {
         hb_missed: Cell::new(0),
         hb_rtt: RefCell::new(report::latency_histogram()),
         hb_timeout_ms: Cell::new(u64::MAX),
+        tls_tally: TlsTally::default(),
         stop: Semaphore::new(0),
         up_by_target: RefCell::new(vec![0; cfg.targets.len()]),
         up_by_source: RefCell::new(vec![0; cfg.shared.source_addrs.clamp(1, 250) as usize]),
@@ -533,7 +547,8 @@ async fn conn_task(idx: u64, ctx: Rc<HoldCtx>, permit: StaticPermit) {
     let source = conn::source_addr(idx, cfg.shared.source_addrs);
     // The connection lives on the heap too: the parked task stays small.
     let setup = async {
-        let mut conn = Box::new(Conn::open(cfg.target(idx), source, cfg.transport).await?);
+        let open = Conn::open(cfg.target(idx), source, cfg.transport, cfg.tls.as_ref());
+        let mut conn = Box::new(open.await?);
         let welcome = conn.hello(src, &cfg.shared.token, 1).await?;
         Ok::<_, ConnError>((conn, welcome.heartbeat_timeout_ms))
     };
@@ -543,6 +558,7 @@ async fn conn_task(idx: u64, ctx: Rc<HoldCtx>, permit: StaticPermit) {
         Ok((conn, timeout_ms)) => {
             let seen = ctx.hb_timeout_ms.get();
             ctx.hb_timeout_ms.set(seen.min(u64::from(timeout_ms)));
+            ctx.tls_tally.record(conn.tls_info());
             conn
         }
         Err(e) => return ctx.setup_failed(&SetupError::Conn(e)),
@@ -818,6 +834,10 @@ fn build_report(ctx: &HoldCtx, connect_s: f64, alive_end: u64, rss: &RssFigures)
     m.insert("errors", errors.to_json());
     m.insert("errors_total", json!(errors.total()));
     m.insert("client_errors", report::reasons_json(&unexpected));
+    if cfg.wire == Wire::Gateway {
+        ctx.tls_tally
+            .add_report(cfg.tls.as_ref(), &mut table, &mut m);
+    }
     if let Some(pairs) = &ctx.pairs {
         pairs.add_report(&mut table, &mut m);
     }

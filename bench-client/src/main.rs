@@ -11,8 +11,12 @@
 //! - `cli.rs`: command line, target checks (loopback only).
 //! - `proto.rs`: the binary frame codec, sans-IO.
 //! - `ws.rs`: WebSocket upgrade and framing for the client side, sans-IO.
-//! - `conn.rs`: one small connection (TCP or WebSocket): setup, HELLO/WELCOME,
-//!   cancel-safe receive; used by `hold` and for `pingpong` setup.
+//! - `conn.rs`: one small connection (TCP or WebSocket, either optionally
+//!   inside TLS): setup, HELLO/WELCOME, cancel-safe receive; used by `hold`
+//!   and `churn`, and for `pingpong` setup.
+//! - `tls.rs`: `--tls` for churn, hold and soak: flags, rustls client
+//!   configuration (trust roots or `--insecure`, resumption), what each
+//!   handshake negotiated.
 //! - `pingpong.rs`: pairs that echo DATA, throughput and round-trip times;
 //!   against the gateway or, for comparison, a NATS server or an MQTT
 //!   broker (Mosquitto). `pingpong/setup.rs`: its connection setup per wire;
@@ -52,6 +56,7 @@ mod report;
 mod soak;
 mod state;
 mod sys;
+mod tls;
 mod ws;
 
 use std::time::Duration;

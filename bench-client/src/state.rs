@@ -320,7 +320,7 @@ async fn set_up(cfg: &StateConfig) -> (Vec<(Conn, Addr)>, Reasons) {
                 let source = conn::source_addr(i, shared.source_addrs);
                 let timeout = shared.setup_timeout;
                 let setup = async {
-                    let mut c = Conn::open(shared.target, source, Transport::Tcp).await?;
+                    let mut c = Conn::open(shared.target, source, Transport::Tcp, None).await?;
                     c.hello(addr, &shared.token, 1).await?;
                     Ok((c, addr))
                 };

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::run::{bench, n, pingpong};
+use common::run::{bench, n, pingpong, short_hold};
 use common::{RelayOptions, RelayStats};
 use serde_json::Value;
 
@@ -168,23 +168,8 @@ fn hold_tcp_keeps_every_connection() {
 fn hold_ws_masks_and_keeps_every_connection() {
     let relay = common::start(RelayOptions::default());
     let target = relay.ws.to_string();
-    let run = bench(&[
-        "hold",
-        "--ws",
-        &target,
-        "--conns",
-        "300",
-        "--heartbeat-s",
-        "1",
-        "--hold-s",
-        "2",
-        "--settle-s",
-        "1",
-        "--connect-rate",
-        "3000",
-        "--cpu",
-        "1",
-    ]);
+    let extra = ["--conns", "300", "--connect-rate", "3000"];
+    let run = bench(&short_hold("hold", &["--ws", &target], &extra));
     assert!(run.ok, "{}", run.stderr);
     let j = run.json();
     assert_eq!(j["transport"], "ws");

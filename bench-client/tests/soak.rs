@@ -6,27 +6,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::run::{bench, n};
+use common::run::{bench, n, short_hold};
 use common::{RelayOptions, RelayStats};
 
 /// Common soak arguments: short, small, one progress line a second.
 fn soak_args<'a>(targets: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["soak"];
-    args.extend(targets);
-    args.extend([
-        "--heartbeat-s",
-        "1",
-        "--hold-s",
-        "2",
-        "--settle-s",
-        "1",
-        "--progress-s",
-        "1",
-        "--cpu",
-        "1",
-    ]);
-    args.extend(extra);
-    args
+    short_hold(
+        "soak",
+        targets,
+        &[&["--progress-s", "1"][..], extra].concat(),
+    )
 }
 
 #[test]

@@ -149,7 +149,7 @@ pub(crate) async fn set_up_one(
         let no_ws = |(stream, leftover)| (stream, leftover, None);
         match wire {
             Wire::Gateway => {
-                let mut conn = Conn::open(shared.target, source, Transport::Tcp).await?;
+                let mut conn = Conn::open(shared.target, source, Transport::Tcp, None).await?;
                 conn.hello(addr, &shared.token, 1).await?;
                 Ok(no_ws(conn.into_tcp_parts()))
             }
@@ -181,7 +181,7 @@ async fn ws_setup(
     addr: &Addr,
     json: bool,
 ) -> Result<(TcpStream, Vec<u8>, Option<WsLink>), SetupError> {
-    let mut conn = Conn::open(shared.target, source, Transport::Ws).await?;
+    let mut conn = Conn::open(shared.target, source, Transport::Ws, None).await?;
     if !json {
         conn.hello(*addr, &shared.token, 1).await?;
         let (stream, leftover, mask) = conn.into_ws_parts();

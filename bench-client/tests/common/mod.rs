@@ -1,7 +1,9 @@
 //! A tiny echo-relay test double of the gateway, written independently of the
 //! client's codec so that a bug shared by both sides cannot hide.
 //!
-//! It accepts TCP and WebSocket (`/ws`) connections on port 0, answers HELLO
+//! It accepts TCP and WebSocket (`/ws`) connections on port 0, each also
+//! inside TLS on a port of its own (rustls, a self-signed certificate for
+//! `localhost` and 127.0.0.1 made per test process), answers HELLO
 //! with WELCOME and HEARTBEAT with HEARTBEAT, and forwards DATA by `dst` to the
 //! registered connection (or answers `dst_offline`). On WebSocket it takes
 //! binary frames and JSON text frames (PROTOCOL.md section 8: HELLO, HEARTBEAT
@@ -17,15 +19,18 @@ pub mod run;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use futures_rustls::TlsAcceptor;
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The double stops accepting after this long; tests finish well before.
 pub const RELAY_LIFETIME: Duration = Duration::from_secs(300);
@@ -66,6 +71,12 @@ pub struct RelayStats {
     pub unmasked_ws_frames: AtomicU64,
     /// Frames the double could not make sense of (must stay 0).
     pub bad_frames: AtomicU64,
+    /// TLS handshakes completed on the TLS and WSS ports, and how many of
+    /// them resumed a session.
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
+    /// TLS handshakes that failed (e.g. the client refused the certificate).
+    pub tls_failed: AtomicU64,
 }
 
 impl RelayStats {
@@ -74,10 +85,53 @@ impl RelayStats {
     }
 }
 
+#[allow(dead_code)] // not every test file uses every port
 pub struct Relay {
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
+    /// The TCP and WebSocket listeners inside TLS.
+    pub tls: SocketAddr,
+    pub wss: SocketAddr,
+    /// The PEM file of the TLS ports' self-signed certificate, for --ca.
+    pub ca: PathBuf,
     pub stats: Arc<RelayStats>,
+}
+
+/// The TLS ports' certificate: self-signed, no CA flag (so it can serve as
+/// its own trust root), for the names `localhost` and 127.0.0.1.
+struct TestCert {
+    pem_path: PathBuf,
+    cert: CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+fn test_cert() -> &'static TestCert {
+    static CERT: OnceLock<TestCert> = OnceLock::new();
+    CERT.get_or_init(|| {
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let made = rcgen::generate_simple_self_signed(names).expect("test certificate");
+        let pem_path =
+            std::env::temp_dir().join(format!("bench-client-relay-{}.pem", std::process::id()));
+        std::fs::write(&pem_path, made.cert.pem()).expect("write test certificate");
+        TestCert {
+            pem_path,
+            cert: made.cert.der().clone(),
+            key: made.signing_key.serialize_der(),
+        }
+    })
+}
+
+fn tls_acceptor() -> TlsAcceptor {
+    let cert = test_cert();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key.clone()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.clone()], key)
+        .expect("test certificate and key");
+    TlsAcceptor::from(Arc::new(config))
 }
 
 impl Relay {
@@ -106,9 +160,9 @@ pub fn start(opts: RelayOptions) -> Relay {
             .make()
             .expect("relay executor");
         ex.run(async move {
-            let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-            let ws = TcpListener::bind("127.0.0.1:0").expect("bind ws");
-            tx.send((tcp.local_addr().unwrap(), ws.local_addr().unwrap()))
+            let bind = || TcpListener::bind("127.0.0.1:0").expect("bind");
+            let listeners = [bind(), bind(), bind(), bind()];
+            tx.send(listeners.each_ref().map(|l| l.local_addr().unwrap()))
                 .unwrap();
             let shared = Rc::new(Shared {
                 opts,
@@ -117,14 +171,32 @@ pub fn start(opts: RelayOptions) -> Relay {
                 next_conn: Cell::new(0),
                 data_seen: Cell::new(0),
             });
-            let a = glommio::spawn_local(accept_loop(tcp, false, shared.clone()));
-            let b = glommio::spawn_local(accept_loop(ws, true, shared));
-            a.await;
-            b.await;
+            let acceptor = tls_acceptor();
+            let kinds = [
+                (false, None),
+                (true, None),
+                (false, Some(acceptor.clone())),
+                (true, Some(acceptor)),
+            ];
+            let loops: Vec<_> = listeners
+                .into_iter()
+                .zip(kinds)
+                .map(|(l, (ws, tls))| glommio::spawn_local(accept_loop(l, ws, tls, shared.clone())))
+                .collect();
+            for l in loops {
+                l.await;
+            }
         });
     });
-    let (tcp, ws) = rx.recv().expect("relay started");
-    Relay { tcp, ws, stats }
+    let [tcp, ws, tls, wss] = rx.recv().expect("relay started");
+    Relay {
+        tcp,
+        ws,
+        tls,
+        wss,
+        ca: test_cert().pem_path.clone(),
+        stats,
+    }
 }
 
 /// Registered address -> (connection id, its outbox).
@@ -138,7 +210,12 @@ struct Shared {
     data_seen: Cell<u64>,
 }
 
-async fn accept_loop(listener: TcpListener, ws: bool, shared: Rc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    ws: bool,
+    tls: Option<TlsAcceptor>,
+    shared: Rc<Shared>,
+) {
     let end = Instant::now() + RELAY_LIFETIME;
     loop {
         let left = end.saturating_duration_since(Instant::now());
@@ -155,9 +232,27 @@ async fn accept_loop(listener: TcpListener, ws: bool, shared: Rc<Shared>) {
         };
         shared.stats.accepted.fetch_add(1, Ordering::SeqCst);
         shared.stats.open.fetch_add(1, Ordering::SeqCst);
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let tls = tls.clone();
         glommio::spawn_local(async move {
-            serve(stream, ws, &shared).await;
+            match tls {
+                None => serve(stream, ws, &shared).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        let stats = &shared.stats;
+                        stats.tls_handshakes.fetch_add(1, Ordering::SeqCst);
+                        let kind = stream.get_ref().1.handshake_kind();
+                        if kind == Some(rustls::HandshakeKind::Resumed) {
+                            stats.tls_resumed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        serve(stream, ws, &shared).await;
+                    }
+                    Err(_) => {
+                        shared.stats.tls_failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+            }
             shared.stats.open.fetch_sub(1, Ordering::SeqCst);
         })
         .detach();
@@ -307,8 +402,10 @@ impl Outbox {
     }
 }
 
-async fn serve(stream: TcpStream, ws: bool, shared: &Rc<Shared>) {
-    let _ = stream.set_nodelay(true);
+async fn serve<S>(stream: S, ws: bool, shared: &Rc<Shared>)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
     let (reader, mut writer) = futures_lite::io::split(stream);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     if ws && !ws_accept(&mut reader, &mut writer, shared).await {

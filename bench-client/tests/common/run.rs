@@ -112,3 +112,24 @@ pub fn pingpong(
         "1",
     ])
 }
+
+/// Arguments of a short `hold` or `soak` (`scenario`): 1 s heartbeats, held
+/// 2 s with the RSS read after 1 s, client on CPU 1; `targets` and `extra`
+/// go before and after those.
+#[allow(dead_code)] // not every test file holds connections
+pub fn short_hold<'a>(scenario: &'a str, targets: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![scenario];
+    args.extend(targets);
+    args.extend([
+        "--heartbeat-s",
+        "1",
+        "--hold-s",
+        "2",
+        "--settle-s",
+        "1",
+        "--cpu",
+        "1",
+    ]);
+    args.extend(extra);
+    args
+}
