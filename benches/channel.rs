@@ -67,6 +67,7 @@ fn transfer(batches: u64, batch: usize) -> Duration {
                 let mut b = Batch {
                     msgs: Vec::with_capacity(batch),
                     bytes: Vec::with_capacity(batch * PAYLOAD_BYTES),
+                    since: None,
                 };
                 for i in 0..batch {
                     let start = b.bytes.len() as u32;

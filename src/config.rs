@@ -35,6 +35,7 @@ pub struct Config {
     pub log: Log,
     pub auth: Auth,
     pub tls: Tls,
+    pub http: Http,
 }
 
 /// Where the gateway listens. Every shard binds every address with
@@ -182,6 +183,26 @@ pub struct Log {
     /// A `tracing` filter (`info`, `debug`, `uring_gateway=trace`); `RUST_LOG`
     /// wins when set.
     pub level: String,
+}
+
+/// The HTTP pages of the WebSocket ports.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// Source networks that may read `/metrics` and `/healthz`; others get
+    /// 403. Loopback by default: list the scraper's network to expose them.
+    pub ops_allow: Vec<ipnet::IpNet>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            ops_allow: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
+        }
+    }
 }
 
 /// The certificate of the TLS and WSS listeners.

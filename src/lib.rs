@@ -21,12 +21,14 @@
 //! - [`store`]: where state and presence are kept: MySQL/MariaDB, or an
 //!   embedded SQLite by default.
 //! - [`config`]: every setting and bound, from a TOML file.
+//! - [`metrics`]: what `/metrics` and `/healthz` report.
 //! - [`admission`]: connection limits in total and per source address.
 //! - [`auth`]: HELLO tokens (HS256 JWTs) and what they allow.
 
 pub mod admission;
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod proto;
 pub mod routing;
 pub mod runtime;

@@ -94,12 +94,16 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
         event_txs.push(t);
         event_rxs.push(r);
     }
-    let service = service::start(req_rx, event_txs, cfg.store.clone())?;
+    let metrics = crate::metrics::Registry::new(n, shard::state::Stats::NAMES);
+    let service = service::start(req_rx, event_txs, cfg.store.clone(), metrics.clone())?;
 
     let cpus = std::thread::available_parallelism()
         .map(|c| c.get())
         .unwrap_or(1);
-    let admission = Arc::new(crate::admission::Admission::new(&cfg.limits));
+    let shared = Arc::new(shard::Shared {
+        admission: crate::admission::Admission::new(&cfg.limits),
+        metrics: metrics.clone(),
+    });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut shard_threads = Vec::new();
     for (id, (to_i, (from_i, events))) in to
@@ -122,7 +126,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
             in_bytes: (0..n).map(|j| counters[j][id].clone()).collect(),
             service: req_tx.clone(),
             events,
-            admission: admission.clone(),
+            shared: shared.clone(),
             ready: ready_tx.clone(),
         };
         let placement = if cfg.runtime.pin {

@@ -53,6 +53,7 @@ pub fn start(
     requests: mpsc::Receiver<Vec<ServiceReq>>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
     store: crate::config::Store,
+    metrics: std::sync::Arc<crate::metrics::Registry>,
 ) -> std::io::Result<Service> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
@@ -69,7 +70,7 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(run(requests, shards, store, ready_tx, stop_rx));
+            rt.block_on(run(requests, shards, store, metrics, ready_tx, stop_rx));
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(Service { thread, stop }),
@@ -88,6 +89,7 @@ async fn run(
     mut requests: mpsc::Receiver<Vec<ServiceReq>>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
     store: crate::config::Store,
+    metrics: std::sync::Arc<crate::metrics::Registry>,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -102,7 +104,7 @@ async fn run(
     };
     let shutdown_flush = Duration::from_millis(store.shutdown_flush_ms);
     let (got_tx, mut got_rx) = mpsc::unbounded_channel();
-    let mut state = StateService::new(store, shards.clone(), got_tx);
+    let mut state = StateService::new(store, shards.clone(), got_tx, metrics);
     tracing::info!(store = %state.describe(), "state store configured");
     let mut tasks = Tasks {
         open: state.ensure_open(),
@@ -117,6 +119,7 @@ async fn run(
             state.opened(r);
         }
     }
+    state.publish();
     let _ = ready.send(Ok(()));
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut shutting_down = false;
@@ -155,6 +158,7 @@ async fn run(
         }
         tasks.start(&mut state, false);
         state.send_replies().await;
+        state.publish();
     }
     if let Some(t) = tasks.open.take() {
         t.abort();

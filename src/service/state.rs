@@ -7,12 +7,14 @@
 
 use super::now_us;
 use crate::config;
+use crate::metrics::Registry;
 use crate::proto::ErrorCode;
 use crate::routing::owner_shard;
 use crate::shard::msg::{Origin, ServiceEvent};
 use crate::store::policy::{Backoff, BatchPolicy};
 use crate::store::{PresenceRow, StateRow, Store, StoreConfig, StoreError};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -119,6 +121,7 @@ pub struct StateService {
     pub committed_rows: u64,
     /// Shards that reported `Drained` during shutdown.
     drained: Vec<bool>,
+    metrics: Arc<Registry>,
 }
 
 impl StateService {
@@ -126,6 +129,7 @@ impl StateService {
         cfg: config::Store,
         shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
         got_tx: mpsc::UnboundedSender<GetResult>,
+        metrics: Arc<Registry>,
     ) -> Self {
         let store_cfg = store_config(&cfg);
         let replies: Vec<Vec<ServiceEvent>> = shards.iter().map(|_| Vec::new()).collect();
@@ -160,11 +164,23 @@ impl StateService {
             failing_since: None,
             committed_rows: 0,
             drained,
+            metrics,
         }
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Copies the queue and store figures into the metrics registry (once
+    /// per loop turn).
+    pub fn publish(&self) {
+        let m = &self.metrics.service;
+        let up = self.store.is_some() && self.failing_since.is_none();
+        m.store_ok.store(up, Relaxed);
+        m.queued_writes
+            .store((self.queue.len() + self.inflight_writes) as u64, Relaxed);
+        m.committed_rows.store(self.committed_rows, Relaxed);
     }
 
     pub fn describe(&self) -> String {
@@ -446,6 +462,7 @@ impl StateService {
             Vec::new()
         };
         let batch = Batch { writes, presence };
+        let metrics = self.metrics.clone();
         Some(Box::pin(async move {
             let states: Vec<StateRow> = batch
                 .writes
@@ -458,6 +475,13 @@ impl StateService {
                 .collect();
             let started = Instant::now();
             let r = store.commit(&states, &batch.presence).await;
+            let us = started.elapsed().as_micros() as u64;
+            if r.is_ok() {
+                metrics.service.commit_latency_us.observe(us);
+                metrics.service.batch_rows.observe(states.len() as u64);
+            } else {
+                metrics.service.failed_commits.fetch_add(1, Relaxed);
+            }
             tracing::debug!(
                 rows = states.len(),
                 presence = batch.presence.len(),

@@ -274,6 +274,14 @@ impl<S> Conn<S> {
         self.extra.as_mut()?.tls.as_deref_mut()
     }
 
+    /// The listener kind it came from, as an index of
+    /// `metrics::TRANSPORTS`: tcp, ws, tls, wss.
+    pub fn transport(&self) -> usize {
+        let ws = usize::from(self.wire != Wire::Tcp);
+        let tls = usize::from(self.extra.as_ref().is_some_and(|e| e.tls.is_some()));
+        ws + 2 * tls
+    }
+
     /// Bytes queued towards the peer: frames not yet sealed plus, on TLS,
     /// records not yet written.
     pub fn queued_len(&self) -> usize {

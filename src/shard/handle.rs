@@ -36,6 +36,7 @@ impl ShardState {
         payload: &[u8],
         raw: Option<&[u8]>,
     ) -> Flow {
+        self.traffic.frames_in[header.kind as usize] += 1;
         let Some(conn) = self.conns.get_mut(key) else {
             return Flow::Stop;
         };
@@ -396,6 +397,8 @@ impl ShardState {
             self.force_close(key);
             return;
         }
+        // Counted by transport before the TLS session leaves with it.
+        self.traffic.open[conn.transport()] -= 1;
         let handover = Handover {
             fd,
             addr,
@@ -432,6 +435,7 @@ impl ShardState {
         if let Some(allow) = h.allow.take() {
             conn.set_allow(allow);
         }
+        self.traffic.open[conn.transport()] += 1;
         let key = self.conns.insert(conn);
         self.stats.handovers_in += 1;
         self.spawn_readers.push(key);
@@ -470,6 +474,10 @@ impl ShardState {
 
     /// A batch from shard `from`, handled in order.
     pub fn on_batch(&mut self, from: usize, mut batch: Batch) {
+        if let Some(since) = batch.since {
+            let t = &mut self.traffic.data_since;
+            *t = Some(t.map_or(since, |mine| mine.min(since)));
+        }
         let bytes = std::mem::take(&mut batch.bytes);
         for msg in batch.msgs.drain(..) {
             match msg {

@@ -16,6 +16,7 @@ pub mod wheel;
 
 use crate::admission::{Admission, Refusal};
 use crate::config::Config;
+use crate::metrics::Registry;
 use crate::routing::ConnKey;
 use crate::transport::tls::Tls;
 use conn::{Conn, State, Wire};
@@ -43,6 +44,13 @@ use tokio::sync::mpsc;
 /// does not spin on its listeners.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// What every connection shard shares with the others: the admission
+/// counts (atomics) and the metrics registry (one slot per shard).
+pub struct Shared {
+    pub admission: Admission,
+    pub metrics: Arc<Registry>,
+}
+
 /// Everything a shard needs, built on the main thread and moved to the
 /// shard's thread.
 pub struct ShardSetup {
@@ -64,8 +72,8 @@ pub struct ShardSetup {
     pub in_bytes: Vec<Arc<AtomicUsize>>,
     pub service: mpsc::Sender<Vec<ServiceReq>>,
     pub events: mpsc::Receiver<Vec<ServiceEvent>>,
-    /// Connection counts shared by every shard.
-    pub admission: Arc<Admission>,
+    /// Admission counts and metrics, shared by every shard.
+    pub shared: Arc<Shared>,
     /// Told once the listeners are bound (or why they are not).
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
@@ -118,7 +126,7 @@ pub async fn run(setup: ShardSetup) {
         in_bytes,
         service,
         events,
-        admission,
+        shared,
         ready,
     } = setup;
 
@@ -184,7 +192,7 @@ pub async fn run(setup: ShardSetup) {
         outboxes,
         in_bytes,
         service,
-        admission,
+        shared,
     );
     let shard = Rc::new(Shard {
         st: RefCell::new(state),
@@ -220,6 +228,7 @@ async fn ticker(shard: Rc<Shard>) {
             let mut st = shard.st.borrow_mut();
             st.sweep();
             st.report_drained();
+            st.publish();
             st.shutting_down && (st.conns.is_empty() || st.now_ms >= st.shutdown_deadline_ms)
         };
         shard.spawn_pending();
@@ -284,12 +293,12 @@ fn adopt(
         }
         return;
     }
-    let peer = if st.admission.per_ip_limits() {
+    let peer = if st.shared.admission.per_ip_limits() {
         stream.peer_addr().ok().map(|a| a.ip())
     } else {
         None
     };
-    let ticket = match st.admission.admit(peer) {
+    let ticket = match st.shared.admission.admit(peer) {
         Ok(ticket) => ticket,
         Err(refusal) => {
             refused(&mut st, refusal, peer);
@@ -306,11 +315,12 @@ fn adopt(
             Ok(tls) => conn.set_tls(tls),
             Err(e) => {
                 tracing::warn!(shard = st.id, error = %e, "cannot start a TLS session; closing");
-                st.admission.release(ticket);
+                st.shared.admission.release(ticket);
                 return;
             }
         }
     }
+    st.traffic.open[conn.transport()] += 1;
     let key = st.conns.insert(conn);
     let deadline = now + st.cfg.timeouts.handshake_timeout_ms as u64;
     let tick = st.wheel.insert(key, deadline);
@@ -522,7 +532,10 @@ pub fn reader_future_bytes() -> usize {
     let cfg = Arc::new(Config::default());
     let mut cfg_small = (*cfg).clone();
     cfg_small.runtime.read_buffer_bytes = 4096;
-    let admission = Arc::new(Admission::new(&cfg_small.limits));
+    let shared = Arc::new(Shared {
+        admission: Admission::new(&cfg_small.limits),
+        metrics: Registry::new(1, state::Stats::NAMES),
+    });
     let state = ShardState::new(
         0,
         1,
@@ -530,7 +543,7 @@ pub fn reader_future_bytes() -> usize {
         Vec::new(),
         Vec::new(),
         tx,
-        admission,
+        shared,
     );
     let shard = Rc::new(Shard {
         st: RefCell::new(state),

@@ -12,6 +12,8 @@ use uuid::Uuid;
 pub struct Batch {
     pub msgs: Vec<Msg>,
     pub bytes: Vec<u8>,
+    /// When the oldest DATA in it was read (for the routing latency).
+    pub since: Option<std::time::Instant>,
 }
 
 impl Batch {

@@ -6,9 +6,8 @@
 use super::conn::{deadline_ms, Conn, Form, Slab, State, Wire};
 use super::msg::{Batch, Msg, ServiceReq};
 use super::wheel::{Entry, Wheel};
-use crate::admission::Admission;
 use crate::config::Config;
-use crate::proto::{self, ErrorCode, Header};
+use crate::proto::{self, ErrorCode, Header, Kind};
 use crate::routing::{owner_shard, ConnKey, PresenceMemory, SubRef, Subscriptions};
 use crate::service::now_us;
 use crate::transport::ws;
@@ -100,6 +99,87 @@ pub struct Stats {
     pub refused_rate: u64,
 }
 
+impl Stats {
+    /// The counters' names, as `/metrics` reports them
+    /// (`gateway_<name>_total`), in the order of [`Stats::counters`].
+    pub const NAMES: &'static [&'static str] = &[
+        "accepted",
+        "accept_errors",
+        "refused_full",
+        "handovers_out",
+        "handovers_in",
+        "data_in",
+        "data_cross_shard",
+        "dst_offline",
+        "slow_consumer",
+        "closed_unreachable",
+        "timeouts",
+        "errors_sent",
+        "time_local_fallback",
+        "presence_unsaved",
+        "auth_failed",
+        "forbidden",
+        "tls_failed",
+        "data_rate_limited",
+        "refused_total",
+        "refused_per_ip",
+        "refused_rate",
+    ];
+
+    pub fn counters(&self) -> [u64; 21] {
+        [
+            self.accepted,
+            self.accept_errors,
+            self.refused_full,
+            self.handovers_out,
+            self.handovers_in,
+            self.data_in,
+            self.data_cross_shard,
+            self.dst_offline,
+            self.slow_consumer,
+            self.closed_unreachable,
+            self.timeouts,
+            self.errors_sent,
+            self.time_local_fallback,
+            self.presence_unsaved,
+            self.auth_failed,
+            self.forbidden,
+            self.tls_failed,
+            self.data_rate_limited,
+            self.refused_total,
+            self.refused_per_ip,
+            self.refused_rate,
+        ]
+    }
+}
+
+/// Per-kind and per-code counts and open connections by transport, for
+/// `/metrics`; plain integers on the shard's thread, published each tick.
+pub struct Traffic {
+    pub frames_in: [u64; 256],
+    pub frames_out: [u64; 256],
+    pub errors: [u64; 16],
+    /// Open connections by transport (`metrics::TRANSPORTS`).
+    pub open: [u64; 4],
+    /// Oldest read (or cross-shard batch) whose DATA is not yet written,
+    /// and the DATA frames written as of the last flush.
+    pub data_since: Option<Instant>,
+    pub data_flushed: u64,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            frames_in: [0; 256],
+            frames_out: [0; 256],
+            errors: [0; 16],
+            open: [0; 4],
+            data_since: None,
+            data_flushed: 0,
+        }
+    }
+}
+
 pub struct ShardState {
     pub id: usize,
     pub nshards: usize,
@@ -141,8 +221,8 @@ pub struct ShardState {
     pub service_out: Vec<ServiceReq>,
     pub service_waker: Option<Waker>,
     pub service: mpsc::Sender<Vec<ServiceReq>>,
-    /// Connection counts shared by every shard.
-    pub admission: Arc<Admission>,
+    /// Admission counts and metrics, shared by every shard.
+    pub shared: Arc<super::Shared>,
     /// False once shutdown began: new connections are refused.
     pub accepting: bool,
     /// Shutdown began: report `Drained` to the service shard at the next
@@ -151,6 +231,7 @@ pub struct ShardState {
     pub shutting_down: bool,
     pub shutdown_deadline_ms: u64,
     pub stats: Stats,
+    pub traffic: Box<Traffic>,
     /// Token checking; None when authentication is off.
     pub auth: Option<crate::auth::Verifier>,
 }
@@ -163,7 +244,7 @@ impl ShardState {
         outboxes: Vec<Outbox>,
         inbound: Vec<Arc<AtomicUsize>>,
         service: mpsc::Sender<Vec<ServiceReq>>,
-        admission: Arc<Admission>,
+        shared: Arc<super::Shared>,
     ) -> Self {
         let t = &cfg.timeouts;
         let longest = t
@@ -198,12 +279,13 @@ impl ShardState {
             service_out: Vec::new(),
             service_waker: None,
             service,
-            admission,
+            shared,
             accepting: true,
             drain_report_due: false,
             shutting_down: false,
             shutdown_deadline_ms: 0,
             stats: Stats::default(),
+            traffic: Box::default(),
             auth: crate::auth::Verifier::from_config(&cfg.auth),
             cfg,
         }
@@ -269,6 +351,7 @@ impl ShardState {
                 w.wake();
             }
         }
+        self.traffic.frames_out[frame[1] as usize] += 1;
         Sent::Queued
     }
 
@@ -313,6 +396,7 @@ impl ShardState {
         buf.clear();
         proto::encode_error(&mut buf, dst, id, code, message);
         self.stats.errors_sent += 1;
+        self.traffic.errors[code as usize] += 1;
         self.send_frame(key, form, &buf, Class::Control);
         self.scratch = buf;
         if code.closes_connection() {
@@ -431,9 +515,10 @@ impl ShardState {
     pub fn finish(&mut self, key: ConnKey) {
         self.unregister(key);
         if let Some(conn) = self.conns.remove(key) {
-            // A handed-over connection's ticket went with it.
+            // A handed-over connection's ticket and count went with it.
             if conn.state != State::HandedOver {
-                self.admission.release(conn.ticket);
+                self.shared.admission.release(conn.ticket);
+                self.traffic.open[conn.transport()] -= 1;
             }
         }
     }
@@ -639,6 +724,9 @@ impl ShardState {
             return false;
         }
         ob.in_flight.fetch_add(frame.len(), Ordering::Relaxed);
+        if ob.pending.since.is_none() {
+            ob.pending.since = self.traffic.data_since;
+        }
         let start = ob.pending.bytes.len() as u32;
         ob.pending.bytes.extend_from_slice(frame);
         ob.pending.msgs.push(Msg::Data {
@@ -662,6 +750,7 @@ impl ShardState {
             Batch {
                 msgs: Vec::with_capacity(msgs),
                 bytes: Vec::with_capacity(bytes),
+                since: None,
             },
         )
     }
@@ -720,6 +809,53 @@ impl ShardState {
         if self.dirty.is_empty() {
             self.dirty = list;
         }
+        self.observe_routing();
+    }
+
+    /// DATA written by this flush: each counts the time since the oldest read
+    /// (or cross-shard batch) that is not yet flushed, an upper bound of its
+    /// own time in the gateway.
+    fn observe_routing(&mut self) {
+        let t = &mut *self.traffic;
+        let written = t.frames_out[Kind::Data as usize];
+        let n = written - t.data_flushed;
+        if let (Some(since), true) = (t.data_since.take(), n > 0) {
+            let us = since.elapsed().as_micros() as u64;
+            self.shared.metrics.shards[self.id]
+                .routing_latency_us
+                .observe_n(us, n);
+        }
+        t.data_flushed = written;
+    }
+
+    /// Copies the counters into this shard's slot of the metrics registry
+    /// (once per tick).
+    pub fn publish(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let slot = &self.shared.metrics.shards[self.id];
+        for (dst, v) in slot.counters.iter().zip(self.stats.counters()) {
+            dst.store(v, Relaxed);
+        }
+        let t = &self.traffic;
+        for (dst, v) in slot.open.iter().zip(t.open) {
+            dst.store(v, Relaxed);
+        }
+        for (dst, src) in [
+            (&slot.frames_in, &t.frames_in),
+            (&slot.frames_out, &t.frames_out),
+        ] {
+            for (d, v) in dst.iter().zip(src.iter()) {
+                d.store(*v, Relaxed);
+            }
+        }
+        for (d, v) in slot.errors.iter().zip(t.errors) {
+            d.store(v, Relaxed);
+        }
+        for (d, ob) in slot.channel_bytes.iter().zip(&self.outboxes) {
+            d.store(ob.in_flight.load(Relaxed) as u64, Relaxed);
+        }
+        slot.ticked_ms
+            .store(self.shared.metrics.now_ms() + 1, Relaxed);
     }
 
     /// Keeps a small emptied output buffer for the next connection that

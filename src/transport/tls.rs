@@ -70,6 +70,9 @@ impl ShardState {
     /// (into the shard's plaintext buffer), then handled like a plain
     /// socket's bytes.
     pub fn on_socket_input(&mut self, key: ConnKey, data: &mut [u8]) {
+        if self.traffic.data_since.is_none() {
+            self.traffic.data_since = Some(std::time::Instant::now());
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };

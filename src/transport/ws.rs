@@ -10,7 +10,10 @@ use crate::routing::ConnKey;
 use crate::shard::conn::{Form, State, Wire, WsPartial};
 use crate::shard::handle::{reject_message, Flow};
 use crate::shard::state::ShardState;
+use crate::transport::http;
 use crate::transport::tcp::Progress;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use std::io::Cursor;
 use tungstenite::handshake::machine::TryParse;
 use tungstenite::handshake::server::{create_response, write_response, Request};
@@ -61,6 +64,13 @@ pub fn parse_upgrade(buf: &[u8], limit: usize) -> Upgrade {
     if request.uri().path() != WS_PATH {
         return Upgrade::Refuse(NOT_FOUND);
     }
+    if !request
+        .headers()
+        .get("Sec-WebSocket-Key")
+        .is_some_and(|key| valid_key(key.as_bytes()))
+    {
+        return Upgrade::Refuse(BAD_REQUEST);
+    }
     let Ok(response) = create_response(&request) else {
         return Upgrade::Refuse(BAD_REQUEST);
     };
@@ -70,6 +80,14 @@ pub fn parse_upgrade(buf: &[u8], limit: usize) -> Upgrade {
         consumed: size,
         response: head,
     }
+}
+
+/// Whether a `Sec-WebSocket-Key` is what RFC 6455 (4.2.1, item 5) requires:
+/// base64 of 16 bytes. tungstenite checks only that the header is there, and
+/// the RFC has the server refuse any other key with 400.
+fn valid_key(key: &[u8]) -> bool {
+    let mut decoded = [0u8; 18];
+    key.len() == 24 && STANDARD.decode_slice(key, &mut decoded) == Ok(16)
 }
 
 /// Largest control frame payload (RFC 6455, 5.5).
@@ -164,6 +182,11 @@ impl ShardState {
         buf.extend_from_slice(data);
         match parse_upgrade(&buf, limit) {
             Upgrade::NeedMore => conn.set_inbuf(buf),
+            Upgrade::Refuse(NOT_FOUND) if http::page_for(&buf).is_some() => {
+                let page = http::page_for(&buf).expect("checked in the guard");
+                let peer = conn.stream.peer_addr().ok().map(|a| a.ip());
+                self.serve_page(key, page, peer);
+            }
             Upgrade::Refuse(answer) => {
                 conn.set_inbuf(buf);
                 self.refuse_http(key, answer);
@@ -484,6 +507,37 @@ mod tests {
                 "{case:?}"
             );
         }
+    }
+
+    #[test]
+    fn upgrade_refuses_a_key_that_is_not_base64_of_16_bytes() {
+        let good = request("/ws");
+        let sample = "dGhlIHNhbXBsZSBub25jZQ==";
+        for key in [
+            "",
+            "x",
+            "dGhlIHNhbXBsZSBub25jZQ",       // unpadded
+            "dGhlIHNhbXBsZSBub25j",         // 15 bytes
+            "dGhlIHNhbXBsZSBub25jZQo=",     // 17 bytes
+            "dGhlIHNhbXBsZSB;;;ub25jZQ==",  // found by the fuzzer
+            "dGhlIHNhbXBsZSBub25jZR==",     // non-zero trailing bits
+            "dGhlIHNhbXBsZSBub25j\u{e9}Q=", // not ASCII
+        ] {
+            let req = good.replacen(sample, key, 1);
+            assert_eq!(
+                parse_upgrade(req.as_bytes(), LIMIT),
+                Upgrade::Refuse(BAD_REQUEST),
+                "{key:?}"
+            );
+        }
+        // Any 16 bytes will do, and the header name is case-insensitive.
+        let req = good
+            .replacen(sample, "AAAAAAAAAAAAAAAAAAAAAA==", 1)
+            .replacen("Sec-WebSocket-Key", "sec-websocket-key", 1);
+        assert!(matches!(
+            parse_upgrade(req.as_bytes(), LIMIT),
+            Upgrade::Accept { .. }
+        ));
     }
 
     #[test]
