@@ -168,3 +168,27 @@ fn ops_pages_are_refused_to_sources_not_allowed_and_other_paths_are_404() {
     let mut page = WsClient::hello_json(gw.ws_addr(), Uuid::new_v4());
     page.ping(b"p");
 }
+
+/// At debug level every connection's life is logged with structured
+/// fields: shard, connection slot, peer, transport, address.
+#[test]
+fn debug_logs_follow_a_connection_with_its_address() {
+    let gw = Gateway::start("[log]\nlevel = \"uring_gateway=debug\"\n[runtime]\nshards = 1");
+    let me = Uuid::new_v4();
+    let c = TcpClient::hello(gw.tcp_addr(), me);
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let log = gw.stderr_tail();
+        let has = |words: &[&str]| log.lines().any(|l| words.iter().all(|w| l.contains(w)));
+        let me = me.to_string();
+        if has(&["accepted", "peer", "127.0.0.1", "transport", "tcp"])
+            && has(&["registered", &me, "transport"])
+            && has(&["closed", &me])
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lifecycle not logged:\n{log}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -321,7 +321,17 @@ fn adopt(
         }
     }
     st.traffic.open[conn.transport()] += 1;
+    let transport = crate::metrics::TRANSPORTS[conn.transport()];
     let key = st.conns.insert(conn);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let peer = st
+            .conns
+            .get(key)
+            .and_then(|c| c.stream.peer_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::debug!(shard = st.id, conn = key.slot, peer, transport, "accepted");
+    }
     let deadline = now + st.cfg.timeouts.handshake_timeout_ms as u64;
     let tick = st.wheel.insert(key, deadline);
     if let Some(c) = st.conns.get_mut(key) {

@@ -517,6 +517,7 @@ impl ShardState {
         if let Some(conn) = self.conns.remove(key) {
             // A handed-over connection's ticket and count went with it.
             if conn.state != State::HandedOver {
+                tracing::debug!(shard = self.id, conn = key.slot, addr = %conn.addr, "closed");
                 self.shared.admission.release(conn.ticket);
                 self.traffic.open[conn.transport()] -= 1;
             }
@@ -545,8 +546,16 @@ impl ShardState {
                 since_us: since,
             },
         );
+        tracing::debug!(
+            shard = self.id,
+            conn = key.slot,
+            %addr,
+            transport = crate::metrics::TRANSPORTS[self.conns.get(key).map_or(0, |c| c.transport())],
+            "registered"
+        );
         match old {
             Some(old) if old.conn != key => {
+                tracing::debug!(shard = self.id, conn = old.conn.slot, %addr, "taken over");
                 // Takeover: not a presence change; the address stays online
                 // since it first came.
                 if let Some(r) = self.table.get_mut(&addr) {
