@@ -1,11 +1,14 @@
-//! TLS on the gateway's own sockets, with rustls. A TLS connection is a
-//! plain connection of either wire (binary frames or WebSocket) plus one
-//! [`Tls`] in its out-of-line state: the reader hands it the ciphertext read
-//! into the shard's buffer and gets the plaintext back, which goes through
-//! the same framing code as a plain socket's bytes; the flusher seals the
-//! connection's queued plaintext into records just before it writes. The
-//! session moves with the socket when a connection is handed to its owner
-//! shard.
+//! TLS on the gateway's own sockets, with rustls' unbuffered API. A TLS
+//! connection is a plain connection of either wire (binary frames or
+//! WebSocket) plus one [`Tls`] in its out-of-line state. The reader hands it
+//! the ciphertext just read into the shard's buffer; rustls decrypts the
+//! records there, in place, and the plaintext goes through the same framing
+//! code as a plain socket's bytes. Only an incomplete record is kept per
+//! connection between reads, so an idle TLS connection holds no receive
+//! buffer (rustls' buffered API keeps 4 KiB per connection for its whole
+//! life). The flusher seals the connection's queued frames into records just
+//! before it writes. The session moves with the socket when a connection is
+//! handed to its owner shard.
 //!
 //! Resumption is by stateless tickets (one ticket key shared by every shard),
 //! so a client that reconnects resumes whichever shard accepts it, and no
@@ -15,8 +18,12 @@ use crate::routing::ConnKey;
 use crate::shard::state::ShardState;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{NoServerSessionStorage, ServerConfig, ServerConnection};
-use std::io::{Read, Write};
+use rustls::server::{
+    NoServerSessionStorage, ServerConfig, ServerConnectionData, UnbufferedServerConnection,
+};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
+};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -108,72 +115,161 @@ impl ShardState {
 #[derive(Debug)]
 pub struct TlsFailure(pub String);
 
-/// One connection's TLS session and the records waiting to be written.
+/// Most TLS steps one call takes before it gives up (a bound on every loop
+/// over rustls' states; each step consumes input or produces output).
+const STEPS_MAX: usize = 10_000;
+
+/// One connection's TLS session, on rustls' unbuffered API: rustls decrypts
+/// in place in the buffer the bytes were read into (the shard's), so an
+/// idle TLS connection holds no receive buffer; only an incomplete record is
+/// carried between reads, as on a plain connection.
 pub struct Tls {
-    session: ServerConnection,
+    session: UnbufferedServerConnection,
+    /// Ciphertext of an incomplete record, kept for the next read.
+    carry: Vec<u8>,
+    /// Frames queued before the handshake finished, sealed once it has.
+    early: Vec<u8>,
     /// Records sealed and not yet written to the socket.
     pub out: Vec<u8>,
-    /// A fatal error or our close_notify: nothing more is sealed.
+    /// A fatal error or our close_notify: nothing more is read or sealed.
     done: bool,
+}
+
+/// What one pass over the available input ended with.
+enum Pass {
+    /// Waiting for more bytes (the handshake, or an incomplete record).
+    Blocked,
+    /// Handshake done, everything available handled: frames may be sealed.
+    Writable,
+    /// Both sides sent close_notify.
+    Closed,
 }
 
 impl Tls {
     pub fn new(config: &Arc<ServerConfig>) -> Result<Box<Tls>, rustls::Error> {
-        let mut session = ServerConnection::new(config.clone())?;
-        // The gateway bounds what it queues per connection itself (the
-        // outbound queue limit), so rustls need not refuse writes.
-        session.set_buffer_limit(None);
         Ok(Box::new(Tls {
-            session,
+            session: UnbufferedServerConnection::new(config.clone())?,
+            carry: Vec::new(),
+            early: Vec::new(),
             out: Vec::new(),
             done: false,
         }))
     }
 
-    /// Feeds ciphertext read from the socket; appends the plaintext it
-    /// carried to `plain`. Handshake answers are queued in `out`.
-    pub fn read(&mut self, mut cipher: &[u8], plain: &mut Vec<u8>) -> Result<(), TlsFailure> {
-        while !cipher.is_empty() {
-            if let Err(e) = self.session.read_tls(&mut cipher) {
-                self.done = true;
-                return Err(TlsFailure(e.to_string()));
-            }
-            let state = match self.session.process_new_packets() {
-                Ok(state) => state,
-                Err(e) => {
-                    // rustls queued an alert for the peer.
-                    self.records();
-                    self.done = true;
-                    return Err(TlsFailure(e.to_string()));
+    /// Feeds ciphertext read from the socket (decrypted in place); appends
+    /// the plaintext it carried to `plain`. Handshake answers are queued in
+    /// `out`.
+    pub fn read(&mut self, cipher: &mut [u8], plain: &mut Vec<u8>) -> Result<(), TlsFailure> {
+        if self.done {
+            return Ok(());
+        }
+        let mut carried = std::mem::take(&mut self.carry);
+        let result = if carried.is_empty() {
+            let r = self.pass(cipher, plain);
+            if let Ok((used, _)) = &r {
+                let rest = &cipher[*used..];
+                if !rest.is_empty() {
+                    carried.extend_from_slice(rest);
                 }
-            };
-            let n = state.plaintext_bytes_to_read();
-            if n > 0 {
-                let start = plain.len();
-                plain.resize(start + n, 0);
-                self.session
-                    .reader()
-                    .read_exact(&mut plain[start..])
-                    .expect("rustls said this much plaintext is ready");
+            }
+            r
+        } else {
+            carried.extend_from_slice(cipher);
+            let r = self.pass(&mut carried, plain);
+            if let Ok((used, _)) = &r {
+                carried.drain(..*used);
+            }
+            r
+        };
+        match result {
+            Ok((_, pass)) => {
+                if carried.is_empty() {
+                    carried = Vec::new();
+                }
+                self.carry = carried;
+                if matches!(pass, Pass::Writable) && !self.early.is_empty() {
+                    let mut early = std::mem::take(&mut self.early);
+                    self.seal(&mut early);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.fail();
+                Err(e)
             }
         }
-        self.records();
-        Ok(())
     }
 
-    /// Seals `plain` (emptied) and every pending handshake message into
-    /// records in `out`.
-    pub fn seal(&mut self, plain: &mut Vec<u8>) {
-        if !plain.is_empty() {
-            if !self.done {
-                self.session
-                    .writer()
-                    .write_all(plain)
-                    .expect("unlimited rustls buffer accepts everything");
+    /// Runs rustls over `buf` until it needs more input; returns how many
+    /// bytes of `buf` are consumed.
+    fn pass(&mut self, buf: &mut [u8], plain: &mut Vec<u8>) -> Result<(usize, Pass), TlsFailure> {
+        let mut off = 0;
+        for _ in 0..STEPS_MAX {
+            let UnbufferedStatus { mut discard, state } =
+                self.session.process_tls_records(&mut buf[off..]);
+            let state = state.map_err(|e| TlsFailure(e.to_string()))?;
+            let end = match state {
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record.map_err(|e| TlsFailure(e.to_string()))?;
+                        discard += record.discard;
+                        plain.extend_from_slice(record.payload);
+                    }
+                    None
+                }
+                ConnectionState::EncodeTlsData(mut data) => {
+                    encode(&mut data, &mut self.out);
+                    None
+                }
+                // Queued in `out`, which the flusher writes in order.
+                ConnectionState::TransmitTlsData(data) => {
+                    data.done();
+                    None
+                }
+                ConnectionState::PeerClosed => None,
+                ConnectionState::BlockedHandshake => Some(Pass::Blocked),
+                ConnectionState::WriteTraffic(_) => Some(Pass::Writable),
+                ConnectionState::Closed => Some(Pass::Closed),
+                _ => return Err(TlsFailure("early data is not accepted".into())),
+            };
+            off += discard;
+            if let Some(pass) = end {
+                return Ok((off, pass));
             }
-            plain.clear();
         }
-        self.records();
+        Err(TlsFailure("TLS state machine did not settle".into()))
+    }
+
+    /// Seals `plain` (emptied) into records in `out`; before the handshake
+    /// finished it waits in `early`.
+    pub fn seal(&mut self, plain: &mut Vec<u8>) {
+        if plain.is_empty() {
+            return;
+        }
+        if self.done {
+            plain.clear();
+            return;
+        }
+        for _ in 0..STEPS_MAX {
+            let status = self.session.process_tls_records(&mut self.carry);
+            debug_assert_eq!(status.discard, 0, "the carry holds no complete record");
+            match status.state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    encrypt(&mut w, plain, &mut self.out);
+                    plain.clear();
+                    return;
+                }
+                Ok(ConnectionState::EncodeTlsData(mut data)) => encode(&mut data, &mut self.out),
+                Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
+                Ok(ConnectionState::PeerClosed) => {}
+                Ok(ConnectionState::BlockedHandshake) => {
+                    self.early.append(plain);
+                    return;
+                }
+                _ => break,
+            }
+        }
+        plain.clear();
     }
 
     /// Queues close_notify once; true if it was queued now.
@@ -182,15 +278,39 @@ impl Tls {
             return false;
         }
         self.done = true;
-        self.session.send_close_notify();
-        self.records();
-        true
+        for _ in 0..STEPS_MAX {
+            let status = self.session.process_tls_records(&mut self.carry);
+            match status.state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    let start = self.out.len();
+                    if let Err(EncryptError::InsufficientSize(s)) = w.queue_close_notify(&mut []) {
+                        self.out.resize(start + s.required_size, 0);
+                        let n = w
+                            .queue_close_notify(&mut self.out[start..])
+                            .expect("sized by rustls");
+                        self.out.truncate(start + n);
+                    }
+                    return true;
+                }
+                Ok(ConnectionState::EncodeTlsData(mut data)) => encode(&mut data, &mut self.out),
+                Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
+                Ok(ConnectionState::PeerClosed) => {}
+                _ => return false,
+            }
+        }
+        false
     }
 
-    fn records(&mut self) {
-        while self.session.wants_write() {
-            if self.session.write_tls(&mut self.out).is_err() {
-                break;
+    /// After a failure: queue the alert rustls prepared, if any.
+    fn fail(&mut self) {
+        self.done = true;
+        self.carry = Vec::new();
+        for _ in 0..4 {
+            let status = self.session.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => encode(&mut data, &mut self.out),
+                Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
+                _ => return,
             }
         }
     }
@@ -201,11 +321,42 @@ impl Tls {
     }
 }
 
+/// Appends a handshake record (or alert) rustls prepared to `out`.
+fn encode(data: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) {
+    let start = out.len();
+    match data.encode(&mut []) {
+        Ok(_) => {}
+        Err(EncodeError::InsufficientSize(s)) => {
+            out.resize(start + s.required_size, 0);
+            let n = data.encode(&mut out[start..]).expect("sized by rustls");
+            out.truncate(start + n);
+        }
+        Err(EncodeError::AlreadyEncoded) => {}
+    }
+}
+
+/// Appends `plain` sealed into application-data records to `out`.
+fn encrypt(w: &mut WriteTraffic<'_, ServerConnectionData>, plain: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    match w.encrypt(plain, &mut []) {
+        Ok(_) => {}
+        Err(EncryptError::InsufficientSize(s)) => {
+            out.resize(start + s.required_size, 0);
+            let n = w
+                .encrypt(plain, &mut out[start..])
+                .expect("sized by rustls");
+            out.truncate(start + n);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot seal frames; dropped"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
     use rustls::ClientConnection;
+    use std::io::{Read, Write};
 
     /// A self-signed certificate for `localhost` in two temporary PEM files.
     fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
@@ -239,7 +390,7 @@ mod tests {
             while c.wants_write() {
                 c.write_tls(&mut wire).unwrap();
             }
-            s.read(&wire, &mut plain).unwrap();
+            s.read(&mut wire, &mut plain).unwrap();
             s.seal(&mut Vec::new());
             let back = std::mem::take(&mut s.out);
             if wire.is_empty() && back.is_empty() {
@@ -280,6 +431,79 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// The handshake and 100 KB of data fed in pieces of every size, down
+    /// to one byte: incomplete records are carried, complete ones decrypted
+    /// in place, nothing is lost or repeated.
+    #[test]
+    fn records_split_anywhere_arrive_whole() {
+        let dir = temp_dir("split");
+        let (cert, key, ca) = self_signed(&dir);
+        let config = server_config(&cert, &key).unwrap();
+        for piece in [1usize, 7, 100, 5000, 70_000] {
+            let mut s = Tls::new(&config).unwrap();
+            let mut c = client(&ca);
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+            c.set_buffer_limit(None);
+            c.writer().write_all(&data).unwrap();
+            let mut got = Vec::new();
+            for _ in 0..20 {
+                let mut wire = Vec::new();
+                while c.wants_write() {
+                    c.write_tls(&mut wire).unwrap();
+                }
+                for chunk in wire.chunks_mut(piece) {
+                    s.read(chunk, &mut got).unwrap();
+                }
+                s.seal(&mut Vec::new());
+                let back = std::mem::take(&mut s.out);
+                if wire.is_empty() && back.is_empty() {
+                    break;
+                }
+                c.read_tls(&mut back.as_slice()).unwrap();
+                c.process_new_packets().unwrap();
+            }
+            assert_eq!(got.len(), data.len(), "piece {piece}");
+            assert!(got == data, "piece {piece}: bytes differ");
+            assert!(s.carry.capacity() == 0, "nothing carried once all arrived");
+            // And back: a large reply in several records.
+            let mut reply = data.clone();
+            s.seal(&mut reply);
+            let records = std::mem::take(&mut s.out);
+            let mut echoed = Vec::new();
+            let mut rd = records.as_slice();
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                let st = c.process_new_packets().unwrap();
+                let mut part = vec![0; st.plaintext_bytes_to_read()];
+                c.reader().read_exact(&mut part).unwrap();
+                echoed.extend(part);
+            }
+            assert!(echoed == data, "piece {piece}: reply differs");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Frames queued while the handshake is still running are sealed as
+    /// soon as it finishes.
+    #[test]
+    fn frames_queued_during_the_handshake_are_sent_after_it() {
+        let dir = temp_dir("early");
+        let (cert, key, ca) = self_signed(&dir);
+        let config = server_config(&cert, &key).unwrap();
+        let mut s = Tls::new(&config).unwrap();
+        let mut c = client(&ca);
+        s.seal(&mut b"queued early".to_vec());
+        assert!(
+            s.out.is_empty(),
+            "nothing can be sealed before the handshake"
+        );
+        pump(&mut c, &mut s);
+        let mut buf = [0u8; 64];
+        let n = c.reader().read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"queued early");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn garbage_is_a_failure_with_an_alert() {
         let dir = temp_dir("garbage");
@@ -287,7 +511,9 @@ mod tests {
         let config = server_config(&cert, &key).unwrap();
         let mut s = Tls::new(&config).unwrap();
         let mut plain = Vec::new();
-        assert!(s.read(b"GET / HTTP/1.1\r\n\r\n", &mut plain).is_err());
+        assert!(s
+            .read(&mut b"GET / HTTP/1.1\r\n\r\n".to_vec(), &mut plain)
+            .is_err());
         assert!(plain.is_empty());
         assert!(!s.out.is_empty(), "an alert for the peer");
         // Nothing more is sealed after a failure.
