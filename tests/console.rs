@@ -23,6 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cdp::{Browser, Tail};
+use common::tls::TestCert;
 use common::Gateway;
 use uuid::Uuid;
 
@@ -330,8 +331,10 @@ fn mint(config: &Path, args: &[&str]) -> String {
         .to_string()
 }
 
+/// Tokens on, and the page loaded over TLS from the WSS port, so it must
+/// open its WebSocket with `wss:` (Chrome refuses `ws:` from an https page).
 #[test]
-fn console_asks_for_a_token_when_auth_is_on() {
+fn console_over_tls_asks_for_a_token_when_auth_is_on() {
     let started = Instant::now();
     let simulator = controller_example();
     let auth = format!(
@@ -350,10 +353,12 @@ fn console_asks_for_a_token_when_auth_is_on() {
     let device_token = mint(&config, &["--sub", &code_s, "--allow", "*", "--ttl", "10m"]);
     let _ = fs::remove_file(&config);
 
-    let gw = Gateway::start(&auth);
+    let cert = TestCert::new();
+    let gw = Gateway::start(&format!("{auth}\n{}", cert.gateway_config()));
     let _sim = Simulator::start(&simulator, gw.tcp_addr(), code, Some(&device_token));
     let mut page = Browser::launch(WIDTH, HEIGHT);
-    page.navigate(&format!("http://{}/", gw.ws_addr()));
+    page.navigate(&format!("https://127.0.0.1:{}/", gw.wss[0].port()));
+    assert_eq!(page.eval("location.protocol"), serde_json::json!("https:"));
     wait_status(&mut page, "the page to ask for a token", "auth");
     page.wait_for(
         "the token form",

@@ -56,6 +56,8 @@ const FLAGS: &[&str] = &[
     "--no-pings",
     "--mute-audio",
     "--hide-scrollbars",
+    // The TLS test's gateway has a self-signed certificate.
+    "--ignore-certificate-errors",
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 ];
