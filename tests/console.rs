@@ -3,9 +3,9 @@
 //! (`examples/controller.rs`), and the test checks what a user would see:
 //! the controller going online, its state, a command and its reply, the
 //! controller going offline and a plainly shown `dst_offline`, and the page
-//! reconnecting by itself after the gateway restarts; and, with tokens on,
-//! the page asking for one. Chromium is driven over the DevTools protocol
-//! (`console/cdp.rs`); the test fails when it is not installed.
+//! reconnecting by itself after the gateway restarts; and, over TLS with
+//! tokens on, the page asking for one. Chromium is driven over DevTools
+//! (`console/cdp.rs`); the tests fail when it is not installed.
 //!
 //! A screenshot is saved to `target/console-e2e.png` (and one taken while
 //! the controller is online to `target/console-e2e-online.png`).
