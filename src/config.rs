@@ -36,6 +36,7 @@ pub struct Config {
     pub auth: Auth,
     pub tls: Tls,
     pub http: Http,
+    pub cluster: Cluster,
 }
 
 /// Where the gateway listens. Every shard binds every address with
@@ -202,6 +203,60 @@ impl Default for Http {
                 "::1/128".parse().expect("valid network"),
             ],
         }
+    }
+}
+
+/// Several gateway nodes routing through NATS (off when `nats_url` is
+/// empty). See docs/cluster.md.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// NATS server URL, e.g. `nats://127.0.0.1:4222` (several separated by
+    /// commas); empty means a single node.
+    pub nats_url: String,
+    /// This node's name, unique in the cluster: 1 to 64 of `A-Z a-z 0-9 - _`.
+    pub node_id: String,
+    /// First token of every subject the nodes use (`<prefix>.node.<id>`, ...).
+    pub subject_prefix: String,
+    /// The JetStream key-value bucket holding `address -> node`.
+    pub directory_bucket: String,
+    /// Directory entries expire after this unless refreshed (every quarter
+    /// of it, by a sweep of the node's own addresses).
+    pub directory_ttl_s: u64,
+    /// Each node says it is alive this often.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long is down: its addresses are
+    /// offline everywhere.
+    pub node_timeout_ms: u64,
+    /// Bound of the `address -> node` cache each node keeps of lookups.
+    pub cache_entries: usize,
+    /// Bound of the DATA bytes waiting for a lookup; beyond it a frame is
+    /// answered `slow_consumer`.
+    pub pending_bytes: usize,
+    /// Directory writes and lookups in flight at once.
+    pub directory_ops_in_flight: usize,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            nats_url: String::new(),
+            node_id: String::new(),
+            subject_prefix: "gw".into(),
+            directory_bucket: "gw_directory".into(),
+            directory_ttl_s: 3600,
+            heartbeat_ms: 500,
+            node_timeout_ms: 3000,
+            cache_entries: 65_536,
+            pending_bytes: 16 << 20,
+            directory_ops_in_flight: 256,
+        }
+    }
+}
+
+impl Cluster {
+    pub fn enabled(&self) -> bool {
+        !self.nats_url.is_empty()
     }
 }
 
@@ -437,7 +492,36 @@ impl Config {
         {
             return bad("store.retry_initial_ms must be at least 1 and at most store.retry_max_ms");
         }
+        self.validate_cluster()?;
         self.validate_auth()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if !c.enabled() {
+            return Ok(());
+        }
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !crate::cluster::wire::valid_name(&c.node_id) {
+            return bad(
+                "cluster.node_id must be 1 to 64 of A-Z a-z 0-9 - _ when cluster.nats_url is set",
+            );
+        }
+        if !crate::cluster::wire::valid_name(&c.subject_prefix)
+            || !crate::cluster::wire::valid_name(&c.directory_bucket)
+        {
+            return bad("cluster.subject_prefix and cluster.directory_bucket must be 1 to 64 of A-Z a-z 0-9 - _");
+        }
+        if c.heartbeat_ms == 0 || c.node_timeout_ms < 2 * c.heartbeat_ms {
+            return bad("cluster.heartbeat_ms must be at least 1 and cluster.node_timeout_ms at least twice it");
+        }
+        if c.directory_ttl_s < 4 {
+            return bad("cluster.directory_ttl_s must be at least 4");
+        }
+        if c.cache_entries == 0 || c.pending_bytes < 65_536 || c.directory_ops_in_flight == 0 {
+            return bad("cluster.cache_entries and cluster.directory_ops_in_flight must be at least 1, cluster.pending_bytes at least 65536");
+        }
+        Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {

@@ -27,6 +27,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

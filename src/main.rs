@@ -60,6 +60,14 @@ struct Cli {
     /// Maximum payload in bytes.
     #[arg(long)]
     max_payload_bytes: Option<u32>,
+    /// NATS URL of the cluster (replaces [cluster] nats_url; also
+    /// GATEWAY_NATS_URL).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// This node's name in the cluster (replaces [cluster] node_id; also
+    /// GATEWAY_NODE_ID).
+    #[arg(long)]
+    node_id: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +181,20 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(v) = cli.max_payload_bytes {
         cfg.limits.max_payload_bytes = v;
+    }
+    if let Some(v) = cli
+        .nats_url
+        .clone()
+        .or_else(|| std::env::var("GATEWAY_NATS_URL").ok())
+    {
+        cfg.cluster.nats_url = v;
+    }
+    if let Some(v) = cli
+        .node_id
+        .clone()
+        .or_else(|| std::env::var("GATEWAY_NODE_ID").ok())
+    {
+        cfg.cluster.node_id = v;
     }
     cfg.validate()?;
 

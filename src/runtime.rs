@@ -95,7 +95,13 @@ pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
         event_rxs.push(r);
     }
     let metrics = crate::metrics::Registry::new(n, shard::state::Stats::NAMES);
-    let service = service::start(req_rx, event_txs, cfg.store.clone(), metrics.clone())?;
+    let service = service::start(
+        req_rx,
+        event_txs,
+        cfg.store.clone(),
+        cfg.cluster.clone(),
+        metrics.clone(),
+    )?;
 
     let cpus = std::thread::available_parallelism()
         .map(|c| c.get())

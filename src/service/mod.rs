@@ -9,6 +9,7 @@
 
 mod state;
 
+use crate::cluster::Cluster;
 use crate::shard::msg::{ServiceEvent, ServiceReq};
 use state::StateService;
 use std::thread::JoinHandle;
@@ -53,6 +54,7 @@ pub fn start(
     requests: mpsc::Receiver<Vec<ServiceReq>>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
     store: crate::config::Store,
+    cluster: crate::config::Cluster,
     metrics: std::sync::Arc<crate::metrics::Registry>,
 ) -> std::io::Result<Service> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
@@ -70,7 +72,9 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(run(requests, shards, store, metrics, ready_tx, stop_rx));
+            rt.block_on(run(
+                requests, shards, store, cluster, metrics, ready_tx, stop_rx,
+            ));
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(Service { thread, stop }),
@@ -89,6 +93,7 @@ async fn run(
     mut requests: mpsc::Receiver<Vec<ServiceReq>>,
     shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
     store: crate::config::Store,
+    cluster_cfg: crate::config::Cluster,
     metrics: std::sync::Arc<crate::metrics::Registry>,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
@@ -119,6 +124,20 @@ async fn run(
             state.opened(r);
         }
     }
+    let mut cluster = if cluster_cfg.enabled() {
+        match Cluster::start(cluster_cfg, shards.clone()).await {
+            Ok(c) => {
+                state.announce = true;
+                Some(c)
+            }
+            Err(e) => {
+                let _ = ready.send(Err(std::io::Error::other(e)));
+                return;
+            }
+        }
+    } else {
+        None
+    };
     state.publish();
     let _ = ready.send(Ok(()));
     let mut batch = Vec::with_capacity(BATCH_MAX);
@@ -134,7 +153,10 @@ async fn run(
                 if n == 0 {
                     break;
                 }
-                handle(&mut batch, &mut state);
+                handle(&mut batch, &mut state, &mut cluster);
+            }
+            w = async { cluster.as_mut().expect("guarded").next().await }, if cluster.is_some() => {
+                cluster.as_mut().expect("guarded").handle(w);
             }
             Some(r) = tasks.commits.join_next(), if !tasks.commits.is_empty() => {
                 state.committed(r);
@@ -148,17 +170,26 @@ async fn run(
             _ = sigterm.recv(), if !shutting_down => {
                 tracing::info!("SIGTERM: shutting down");
                 shutting_down = true;
-                shut_down(&mut state, &mut tasks, &mut requests, &shards, shutdown_flush).await;
+                shut_down(&mut state, &mut tasks, &mut requests, &shards, shutdown_flush, &mut cluster).await;
             }
             _ = sigint.recv(), if !shutting_down => {
                 tracing::info!("SIGINT: shutting down");
                 shutting_down = true;
-                shut_down(&mut state, &mut tasks, &mut requests, &shards, shutdown_flush).await;
+                shut_down(&mut state, &mut tasks, &mut requests, &shards, shutdown_flush, &mut cluster).await;
             }
         }
         tasks.start(&mut state, false);
+        if let Some(c) = cluster.as_mut() {
+            exchange(&mut state, c);
+        }
         state.send_replies().await;
+        if let Some(c) = cluster.as_mut() {
+            c.flush().await;
+        }
         state.publish();
+    }
+    if let Some(c) = cluster.as_mut() {
+        c.close().await;
     }
     if let Some(t) = tasks.open.take() {
         t.abort();
@@ -188,8 +219,23 @@ impl Tasks {
     }
 }
 
+/// Committed states go to the other nodes, and theirs into the cache and
+/// to the watchers here.
+fn exchange(state: &mut StateService, c: &mut Cluster) {
+    for (addr, at, blob) in state.committed_out.drain(..) {
+        c.state_committed(addr, at, &blob);
+    }
+    for (addr, at, blob) in c.remote_states.drain(..) {
+        state.remote_committed(addr, at, blob);
+    }
+}
+
 /// Handles one batch of requests from the shards.
-fn handle(batches: &mut Vec<Vec<ServiceReq>>, state: &mut StateService) {
+fn handle(
+    batches: &mut Vec<Vec<ServiceReq>>,
+    state: &mut StateService,
+    cluster: &mut Option<Cluster>,
+) {
     let t1 = now_us();
     for req in batches.drain(..).flatten() {
         match req {
@@ -206,8 +252,27 @@ fn handle(batches: &mut Vec<Vec<ServiceReq>>, state: &mut StateService) {
                 online,
                 at_us,
                 peer,
-            } => state.presence(addr, online, at_us, peer),
+            } => {
+                if let Some(c) = cluster.as_mut() {
+                    c.local_presence(addr, online, at_us);
+                }
+                state.presence(addr, online, at_us, peer)
+            }
             ServiceReq::Drained { shard } => state.drained(shard),
+            ServiceReq::RemoteData { bytes, items } => {
+                if let Some(c) = cluster.as_mut() {
+                    c.remote_data(&bytes, &items);
+                }
+            }
+            ServiceReq::Bounce { to, id, code, dst } => {
+                if let Some(c) = cluster.as_mut() {
+                    c.bounce(to, id, code, dst);
+                }
+            }
+            ServiceReq::Locate { addr, then } => match cluster.as_mut() {
+                Some(c) => c.locate(addr, then),
+                None => state.located_nowhere(addr, then),
+            },
         }
     }
 }
@@ -221,6 +286,7 @@ async fn shut_down(
     requests: &mut mpsc::Receiver<Vec<ServiceReq>>,
     shards: &[mpsc::Sender<Vec<ServiceEvent>>],
     deadline: Duration,
+    cluster: &mut Option<Cluster>,
 ) {
     broadcast(shards, ServiceEvent::StopAccepting).await;
     let until = tokio::time::Instant::now() + deadline;
@@ -232,7 +298,7 @@ async fn shut_down(
         while let Ok(req) = requests.try_recv() {
             batch.push(req);
         }
-        handle(&mut batch, state);
+        handle(&mut batch, state, cluster);
         if state.all_drained() && state.is_idle() && tasks.commits.is_empty() {
             break;
         }
@@ -248,8 +314,14 @@ async fn shut_down(
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
         state.send_replies().await;
+        if let Some(c) = cluster.as_mut() {
+            c.flush().await;
+        }
     }
     state.send_replies().await;
+    if let Some(c) = cluster.as_mut() {
+        c.flush().await;
+    }
     if !state.is_idle() {
         tracing::error!(
             queued = state.queued(),

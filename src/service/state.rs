@@ -121,6 +121,10 @@ pub struct StateService {
     pub committed_rows: u64,
     /// Shards that reported `Drained` during shutdown.
     drained: Vec<bool>,
+    /// Cluster on: committed states are also handed to the other nodes
+    /// (gathered here, taken by the service loop).
+    pub announce: bool,
+    pub committed_out: Vec<(Uuid, u64, Arc<[u8]>)>,
     metrics: Arc<Registry>,
 }
 
@@ -164,6 +168,8 @@ impl StateService {
             failing_since: None,
             committed_rows: 0,
             drained,
+            announce: false,
+            committed_out: Vec::new(),
             metrics,
         }
     }
@@ -341,6 +347,34 @@ impl StateService {
                 conn: from.conn,
                 id: from.id,
                 code,
+            },
+        );
+    }
+
+    /// A state another node committed: cached, and pushed to the watchers
+    /// here by the owner shard.
+    pub fn remote_committed(&mut self, addr: Uuid, updated_at_us: u64, blob: Arc<[u8]>) {
+        self.cache.put(addr, blob.clone(), updated_at_us);
+        let owner = owner_shard(&addr, self.shards.len()) as u16;
+        self.reply(
+            owner,
+            ServiceEvent::StateCommitted {
+                addr,
+                updated_at_us,
+                blob,
+            },
+        );
+    }
+
+    /// A `Locate` on a single node: the address is connected nowhere.
+    pub fn located_nowhere(&mut self, addr: Uuid, then: crate::shard::msg::Then) {
+        let owner = owner_shard(&addr, self.shards.len()) as u16;
+        self.reply(
+            owner,
+            ServiceEvent::Located {
+                addr,
+                at: None,
+                then,
             },
         );
     }
@@ -541,6 +575,10 @@ impl StateService {
                     );
                     let blob: Arc<[u8]> = w.blob.into();
                     self.cache.put(w.addr, blob.clone(), w.updated_at_us);
+                    if self.announce {
+                        self.committed_out
+                            .push((w.addr, w.updated_at_us, blob.clone()));
+                    }
                     self.reply(
                         owner_shard(&w.addr, n) as u16,
                         ServiceEvent::StateCommitted {

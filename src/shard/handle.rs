@@ -2,7 +2,9 @@
 //! service event. Transports decode bytes into frames and call `on_frame`.
 
 use super::conn::{Conn, Form, State, Wire};
-use super::msg::{Batch, Handover, Msg, Origin, ServiceEvent, ServiceReq};
+use super::msg::{
+    Batch, Handover, Msg, Origin, RemoteDelivery, RemoteItem, ServiceEvent, ServiceReq, Then,
+};
 use super::state::{Class, Sent, ShardState};
 use crate::proto::{self, ErrorCode, Header, Kind};
 use crate::routing::{ConnKey, SubRef};
@@ -286,6 +288,13 @@ impl ShardState {
         frame: &[u8],
     ) {
         let code = match self.table.get(&dst) {
+            // Not connected here: another node may have it.
+            None if self.cluster => {
+                if self.forward_remote(origin_shard, origin, frame) {
+                    return;
+                }
+                Some(ErrorCode::SlowConsumer)
+            }
             None => Some(ErrorCode::DstOffline),
             Some(route) => {
                 let to = route.conn;
@@ -502,8 +511,8 @@ impl ShardState {
                     self.subscribe_here(watched, sub, id);
                 }
                 Msg::Unsubscribe { watched, sub } => {
-                    self.subs.remove(
-                        &watched,
+                    self.unwatch_here(
+                        watched,
                         SubRef {
                             shard: from as u16,
                             conn: sub,
@@ -549,21 +558,21 @@ impl ShardState {
                 updated_at_us,
                 blob,
             } => {
-                let online = self.table.contains_key(&addr);
-                if to.shard as usize == self.id {
-                    self.send_state(to.conn, to.id, addr, updated_at_us, online, &blob);
+                let online = self.online_anywhere(&addr);
+                if !online && self.cluster {
+                    // It may be online on another node: ask first.
+                    let then = Then::State {
+                        to,
+                        updated_at_us,
+                        blob,
+                    };
+                    if let Err(ServiceReq::Locate { then, .. }) =
+                        self.to_service(ServiceReq::Locate { addr, then })
+                    {
+                        self.then(addr, false, 0, then);
+                    }
                 } else {
-                    self.outbox_push(
-                        to.shard as usize,
-                        Msg::State {
-                            to: to.conn,
-                            id: to.id,
-                            address: addr,
-                            updated_at_us,
-                            online,
-                            blob,
-                        },
-                    );
+                    self.answer_state(to, addr, updated_at_us, online, blob);
                 }
             }
             ServiceEvent::StateCommitted {
@@ -571,6 +580,32 @@ impl ShardState {
                 updated_at_us,
                 blob,
             } => self.publish_state(addr, updated_at_us, blob),
+            ServiceEvent::RemoteData { bytes, items } => self.on_remote_data(&bytes, &items),
+            ServiceEvent::TakeOver {
+                addr,
+                since_us,
+                node,
+            } => self.on_remote_takeover(addr, since_us, node),
+            ServiceEvent::RemotePresence {
+                addr,
+                online,
+                at_us,
+                node,
+            } => self.on_remote_presence(addr, online, at_us, node),
+            ServiceEvent::NodeDown { node, at_us } => self.on_node_down(node, at_us),
+            ServiceEvent::Located { addr, at, then } => {
+                let (online, since) = match (self.table.get(&addr), at) {
+                    (Some(r), _) => (true, r.since_us),
+                    (None, Some((node, since))) => {
+                        if !self.subs.watchers(&addr).is_empty() {
+                            self.remote_online.insert(addr, (node, since));
+                        }
+                        (true, since)
+                    }
+                    (None, None) => (false, self.presence.offline_since(&addr)),
+                };
+                self.then(addr, online, since, then);
+            }
             ServiceEvent::StopAccepting => {
                 self.accepting = false;
                 self.drain_report_due = true;
@@ -581,7 +616,7 @@ impl ShardState {
 
     /// Pushes a committed state of `addr` (owned here) to its watchers.
     fn publish_state(&mut self, addr: Uuid, updated_at_us: u64, blob: std::sync::Arc<[u8]>) {
-        let online = self.table.contains_key(&addr);
+        let online = self.online_anywhere(&addr);
         let n = self.subs.watchers(&addr).len();
         for i in 0..n {
             let w = self.subs.watchers(&addr)[i];
@@ -635,6 +670,177 @@ impl ShardState {
         match conn.wire {
             Wire::Tcp => self.on_tcp_input(key, data),
             Wire::WsUpgrade | Wire::Ws => self.on_ws_input(key, data),
+        }
+    }
+}
+
+/// The cluster: what an owner shard does for addresses on other nodes.
+impl ShardState {
+    /// Connected here, or (as far as this shard knows) on another node.
+    fn online_anywhere(&self, addr: &Uuid) -> bool {
+        self.table.contains_key(addr) || self.remote_online.contains_key(addr)
+    }
+
+    /// Queues a DATA frame for the node that has its destination; false
+    /// when this tick's bound is reached.
+    fn forward_remote(&mut self, origin_shard: usize, origin: ConnKey, frame: &[u8]) -> bool {
+        if self.remote_bytes.len() + frame.len() > self.cfg.cluster.pending_bytes {
+            return false;
+        }
+        let start = self.remote_bytes.len() as u32;
+        self.remote_bytes.extend_from_slice(frame);
+        self.remote_items.push(RemoteItem {
+            shard: origin_shard as u16,
+            conn: origin,
+            start,
+            len: frame.len() as u32,
+        });
+        self.stats.data_remote_out += 1;
+        if let Some(w) = self.service_waker.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// DATA from other nodes: delivered, or bounced to the sender's node.
+    fn on_remote_data(&mut self, bytes: &[u8], items: &[RemoteDelivery]) {
+        for d in items {
+            let frame = &bytes[d.start as usize..(d.start + d.len) as usize];
+            let Some(header) = Header::parse(frame) else {
+                continue;
+            };
+            self.stats.data_remote_in += 1;
+            let code = match self.table.get(&header.dst) {
+                None => ErrorCode::DstOffline,
+                Some(route) => {
+                    let to = route.conn;
+                    let form = self.conns.get(to).map(Conn::form).unwrap_or(Form::Binary);
+                    match self.send_frame(to, form, frame, Class::Data) {
+                        Sent::Queued => continue,
+                        Sent::Full => ErrorCode::SlowConsumer,
+                        Sent::Gone => ErrorCode::DstOffline,
+                    }
+                }
+            };
+            match code {
+                ErrorCode::SlowConsumer => self.stats.slow_consumer += 1,
+                _ => self.stats.dst_offline += 1,
+            }
+            let bounce = ServiceReq::Bounce {
+                to: d.from,
+                id: header.id,
+                code,
+                dst: header.dst,
+            };
+            if self.to_service(bounce).is_err() {
+                // The sender gets no answer for this one frame; counted.
+                self.stats.remote_unanswered += 1;
+            }
+        }
+    }
+
+    /// Another node registered `addr` after this node's connection (which
+    /// registered at `since_us`): that connection ends with `taken_over`.
+    fn on_remote_takeover(&mut self, addr: Uuid, since_us: u64, node: u16) {
+        let Some(route) = self.table.get(&addr) else {
+            return;
+        };
+        if route.since_us != since_us {
+            return;
+        }
+        let key = route.conn;
+        // Out of the table first: closing it is not a presence change.
+        self.table.remove(&addr);
+        self.stats.remote_takeovers += 1;
+        if !self.subs.watchers(&addr).is_empty() {
+            self.remote_online.insert(addr, (node, since_us));
+        }
+        tracing::debug!(shard = self.id, conn = key.slot, %addr, node, "taken over by another node");
+        let form = self.conns.get(key).map(Conn::form).unwrap_or(Form::Binary);
+        self.send_error(
+            key,
+            form,
+            0,
+            ErrorCode::TakenOver,
+            "address taken over by a newer connection",
+        );
+    }
+
+    /// `addr` came online or went offline on node `node`: its watchers here
+    /// are told when that changes what they were told.
+    fn on_remote_presence(&mut self, addr: Uuid, online: bool, at_us: u64, node: u16) {
+        if self.table.contains_key(&addr) {
+            // Connected here; a newer connection elsewhere comes as TakeOver.
+            return;
+        }
+        if self.subs.watchers(&addr).is_empty() {
+            self.remote_online.remove(&addr);
+            return;
+        }
+        if online {
+            if self.remote_online.insert(addr, (node, at_us)).is_none() {
+                self.publish_presence(addr, true, at_us);
+            }
+        } else if self
+            .remote_online
+            .get(&addr)
+            .is_some_and(|(n, _)| *n == node)
+        {
+            self.remote_online.remove(&addr);
+            self.presence.went_offline(addr, at_us);
+            self.publish_presence(addr, false, at_us);
+        }
+    }
+
+    /// Node `node` is gone: what it had is offline for the watchers here.
+    fn on_node_down(&mut self, node: u16, at_us: u64) {
+        let gone: Vec<Uuid> = self
+            .remote_online
+            .iter()
+            .filter(|(_, (n, _))| *n == node)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in gone {
+            self.remote_online.remove(&addr);
+            self.presence.went_offline(addr, at_us);
+            self.publish_presence(addr, false, at_us);
+        }
+    }
+
+    /// Goes on with what waited for a `Locate`.
+    pub fn then(&mut self, addr: Uuid, online: bool, since_us: u64, then: Then) {
+        match then {
+            Then::Presence { sub, id } => self.answer_presence(sub, id, addr, online, since_us),
+            Then::State {
+                to,
+                updated_at_us,
+                blob,
+            } => self.answer_state(to, addr, updated_at_us, online, blob),
+        }
+    }
+
+    fn answer_state(
+        &mut self,
+        to: Origin,
+        addr: Uuid,
+        updated_at_us: u64,
+        online: bool,
+        blob: std::sync::Arc<[u8]>,
+    ) {
+        if to.shard as usize == self.id {
+            self.send_state(to.conn, to.id, addr, updated_at_us, online, &blob);
+        } else {
+            self.outbox_push(
+                to.shard as usize,
+                Msg::State {
+                    to: to.conn,
+                    id: to.id,
+                    address: addr,
+                    updated_at_us,
+                    online,
+                    blob,
+                },
+            );
         }
     }
 }

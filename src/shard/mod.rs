@@ -500,7 +500,7 @@ async fn service_sender(shard: Rc<Shard>) {
     loop {
         poll_fn(|cx| {
             let mut st = shard.st.borrow_mut();
-            if st.service_out.is_empty() {
+            if st.service_out.is_empty() && st.remote_items.is_empty() {
                 st.service_waker = Some(cx.waker().clone());
                 Poll::Pending
             } else {
@@ -512,10 +512,14 @@ async fn service_sender(shard: Rc<Shard>) {
         let (batch, tx) = {
             let mut st = shard.st.borrow_mut();
             let n = st.service_out.len();
-            (
-                std::mem::replace(&mut st.service_out, Vec::with_capacity(n)),
-                st.service.clone(),
-            )
+            let mut batch = std::mem::replace(&mut st.service_out, Vec::with_capacity(n));
+            if !st.remote_items.is_empty() {
+                batch.push(ServiceReq::RemoteData {
+                    bytes: std::mem::take(&mut st.remote_bytes),
+                    items: std::mem::take(&mut st.remote_items),
+                });
+            }
+            (batch, st.service.clone())
         };
         if tx.send(batch).await.is_err() {
             // The service shard stopped (shutdown); nothing will answer.

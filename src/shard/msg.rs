@@ -146,12 +146,70 @@ pub enum ServiceReq {
     /// arrived by then, so every request it will still make is ahead of this.
     Drained { shard: u16 },
     /// An address came online or went offline (not on takeovers), for the
-    /// presence table.
+    /// presence table (and, in a cluster, the directory and other nodes).
     Presence {
         addr: Uuid,
         online: bool,
         at_us: u64,
         peer: Option<std::net::SocketAddr>,
+    },
+    /// Cluster: DATA frames for addresses not connected to this node,
+    /// gathered by their owner shard in one tick (`bytes` packs the frames).
+    RemoteData {
+        bytes: Vec<u8>,
+        items: Vec<RemoteItem>,
+    },
+    /// Cluster: a DATA frame from another node was not delivered here.
+    Bounce {
+        to: RemoteConn,
+        id: u64,
+        code: ErrorCode,
+        dst: Uuid,
+    },
+    /// Cluster: where is `addr` (not connected to this node)? Asked by its
+    /// owner shard, which goes on with `then` once told.
+    Locate { addr: Uuid, then: Then },
+}
+
+/// A DATA frame (`bytes[start..start + len]`) from connection `conn` of
+/// shard `shard` for another node.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteItem {
+    pub shard: u16,
+    pub conn: ConnKey,
+    pub start: u32,
+    pub len: u32,
+}
+
+/// A connection on another node: `node` indexes the cluster's node table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteConn {
+    pub node: u16,
+    pub shard: u16,
+    pub conn: ConnKey,
+}
+
+/// A DATA frame (`bytes[start..start + len]`) from another node.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteDelivery {
+    pub from: RemoteConn,
+    pub start: u32,
+    pub len: u32,
+}
+
+/// What an owner shard does once the cluster says where an address is.
+#[derive(Debug)]
+pub enum Then {
+    /// Answer a SUBSCRIBE with the address's presence.
+    Presence {
+        sub: crate::routing::SubRef,
+        id: u64,
+    },
+    /// Answer a STATE_GET with the stored state and the live `online` flag.
+    State {
+        to: Origin,
+        updated_at_us: u64,
+        blob: Arc<[u8]>,
     },
 }
 
@@ -171,7 +229,9 @@ pub enum ServiceEvent {
         id: u64,
         updated_at_us: u64,
     },
-    /// An ERROR for a state request (`not_found`, `store_unavailable`).
+    /// An ERROR answering frame `id` of `conn`: for a state request
+    /// (`not_found`, `store_unavailable`), or a DATA frame another node
+    /// could not deliver.
     StateError {
         conn: ConnKey,
         id: u64,
@@ -191,6 +251,35 @@ pub enum ServiceEvent {
         addr: Uuid,
         updated_at_us: u64,
         blob: Arc<[u8]>,
+    },
+    /// Cluster: DATA from other nodes for addresses this shard owns.
+    RemoteData {
+        bytes: Vec<u8>,
+        items: Vec<RemoteDelivery>,
+    },
+    /// Cluster: another node registered `addr` after this node's connection
+    /// did (at `since_us`): close that connection with `taken_over`. The
+    /// address stays online (elsewhere).
+    TakeOver {
+        addr: Uuid,
+        since_us: u64,
+        node: u16,
+    },
+    /// Cluster: `addr` came online or went offline on node `node`.
+    RemotePresence {
+        addr: Uuid,
+        online: bool,
+        at_us: u64,
+        node: u16,
+    },
+    /// Cluster: node `node` is down (or restarted); what it had is offline.
+    NodeDown { node: u16, at_us: u64 },
+    /// Cluster: the answer to a `Locate`: the node and since when, or None
+    /// when the address is connected nowhere.
+    Located {
+        addr: Uuid,
+        at: Option<(u16, u64)>,
+        then: Then,
     },
     /// SIGTERM or SIGINT, first step: stop accepting connections.
     StopAccepting,

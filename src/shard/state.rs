@@ -97,6 +97,13 @@ pub struct Stats {
     pub refused_total: u64,
     pub refused_per_ip: u64,
     pub refused_rate: u64,
+    /// Cluster: DATA frames sent to and received from other nodes, and
+    /// connections closed because another node took their address over.
+    pub data_remote_out: u64,
+    pub data_remote_in: u64,
+    pub remote_takeovers: u64,
+    /// Bounces for other nodes dropped because the service queue was full.
+    pub remote_unanswered: u64,
 }
 
 impl Stats {
@@ -124,9 +131,13 @@ impl Stats {
         "refused_total",
         "refused_per_ip",
         "refused_rate",
+        "data_remote_out",
+        "data_remote_in",
+        "remote_takeovers",
+        "remote_unanswered",
     ];
 
-    pub fn counters(&self) -> [u64; 21] {
+    pub fn counters(&self) -> [u64; 25] {
         [
             self.accepted,
             self.accept_errors,
@@ -149,6 +160,10 @@ impl Stats {
             self.refused_total,
             self.refused_per_ip,
             self.refused_rate,
+            self.data_remote_out,
+            self.data_remote_in,
+            self.remote_takeovers,
+            self.remote_unanswered,
         ]
     }
 }
@@ -234,6 +249,16 @@ pub struct ShardState {
     pub traffic: Box<Traffic>,
     /// Token checking; None when authentication is off.
     pub auth: Option<crate::auth::Verifier>,
+    /// Cluster on: addresses not connected here may be on other nodes.
+    pub cluster: bool,
+    /// DATA for other nodes gathered this tick (frames packed in
+    /// `remote_bytes`), sent with the service batch; bounded by
+    /// `cluster.pending_bytes`.
+    pub remote_bytes: Vec<u8>,
+    pub remote_items: Vec<super::msg::RemoteItem>,
+    /// Cluster: watched addresses (owned here) that are online on another
+    /// node, with the node and since when. Only watched addresses are kept.
+    pub remote_online: HashMap<Uuid, (u16, u64)>,
 }
 
 impl ShardState {
@@ -287,6 +312,10 @@ impl ShardState {
             stats: Stats::default(),
             traffic: Box::default(),
             auth: crate::auth::Verifier::from_config(&cfg.auth),
+            cluster: cfg.cluster.enabled(),
+            remote_bytes: Vec::new(),
+            remote_items: Vec::new(),
+            remote_online: HashMap::new(),
             cfg,
         }
     }
@@ -576,7 +605,11 @@ impl ShardState {
             }
             _ => {
                 self.presence.came_online(&addr);
-                self.publish_presence(addr, true, since);
+                // Online on another node until now: moving here is no
+                // presence change for the watchers.
+                if self.remote_online.remove(&addr).is_none() {
+                    self.publish_presence(addr, true, since);
+                }
                 let peer = self.conns.get(key).and_then(|c| c.stream.peer_addr().ok());
                 self.persist_presence(addr, true, since, peer);
             }
@@ -646,19 +679,43 @@ impl ShardState {
     /// the current presence.
     pub fn subscribe_here(&mut self, watched: Uuid, sub: SubRef, id: u64) {
         self.subs.add(watched, sub);
-        let (online, at_us) = match self.table.get(&watched) {
-            Some(r) => (true, r.since_us),
-            None => (false, self.presence.offline_since(&watched)),
+        let (online, at_us) = match (self.table.get(&watched), self.remote_online.get(&watched)) {
+            (Some(r), _) => (true, r.since_us),
+            (None, Some((_, since))) => (true, *since),
+            (None, None) if self.cluster => {
+                // It may be online on another node: ask first.
+                let then = super::msg::Then::Presence { sub, id };
+                match self.to_service(ServiceReq::Locate {
+                    addr: watched,
+                    then,
+                }) {
+                    Ok(()) => return,
+                    Err(_) => (false, self.presence.offline_since(&watched)),
+                }
+            }
+            (None, None) => (false, self.presence.offline_since(&watched)),
         };
+        self.answer_presence(sub, id, watched, online, at_us);
+    }
+
+    /// Sends PRESENCE of `address` to watcher `sub`, on whichever shard.
+    pub fn answer_presence(
+        &mut self,
+        sub: SubRef,
+        id: u64,
+        address: Uuid,
+        online: bool,
+        at_us: u64,
+    ) {
         if sub.shard as usize == self.id {
-            self.send_presence(sub.conn, id, watched, online, at_us);
+            self.send_presence(sub.conn, id, address, online, at_us);
         } else {
             self.outbox_push(
                 sub.shard as usize,
                 Msg::Presence {
                     to: sub.conn,
                     id,
-                    address: watched,
+                    address,
                     online,
                     at_us,
                 },
@@ -666,12 +723,20 @@ impl ShardState {
         }
     }
 
+    /// On the owner shard of `watched`: watcher `sub` is gone.
+    pub fn unwatch_here(&mut self, watched: Uuid, sub: SubRef) {
+        self.subs.remove(&watched, sub);
+        if self.subs.watchers(&watched).is_empty() {
+            self.remote_online.remove(&watched);
+        }
+    }
+
     /// Connection `key` (on this shard) stops watching `watched`.
     pub fn unsubscribe(&mut self, key: ConnKey, watched: Uuid) {
         let owner = self.owner(&watched);
         if owner == self.id {
-            self.subs.remove(
-                &watched,
+            self.unwatch_here(
+                watched,
                 SubRef {
                     shard: self.id as u16,
                     conn: key,

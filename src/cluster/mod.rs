@@ -1,0 +1,1169 @@
+//! Several gateway nodes routing through NATS (`[cluster]`; docs/cluster.md).
+//!
+//! The cluster lives on the service shard: `async-nats` is a tokio client,
+//! and the service shard already runs a tokio runtime for the store, so the
+//! connection shards never touch NATS. They hand it, once per tick and
+//! inside their service batch, the DATA frames whose destination is not
+//! connected to this node, the presence changes of their addresses, and the
+//! `Locate` questions of SUBSCRIBE and STATE_GET; it answers with service
+//! events.
+//!
+//! - **Directory.** A JetStream key-value bucket maps every connected
+//!   address to its node (`since`, node incarnation, node name). A node
+//!   writes its own entries (put on register, delete on disconnect, guarded
+//!   by revision) and re-writes all of them every quarter of the bucket's
+//!   TTL. Lookups go through a bounded local cache.
+//! - **Subjects.** One per node (`<prefix>.node.<id>`: DATA and bounces),
+//!   not one per address; `<prefix>.presence` (every node's registrations
+//!   and disconnections, which keep caches, takeovers and watchers right),
+//!   `<prefix>.state` (committed states, for watchers on other nodes),
+//!   `<prefix>.hb` (liveness: a node not heard from for `node_timeout_ms`
+//!   is down and its addresses are offline everywhere).
+//! - **Order.** Frames from one sender to one destination take one path
+//!   (sender shard -> owner shard -> this thread -> one NATS connection ->
+//!   the other node's thread -> its owner shard), and frames waiting for a
+//!   lookup wait in order behind the first.
+
+pub mod wire;
+
+use crate::config;
+use crate::proto::ErrorCode;
+use crate::routing::owner_shard;
+use crate::service::now_us;
+use crate::shard::msg::{RemoteConn, RemoteDelivery, RemoteItem, ServiceEvent, Then};
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+use wire::{PresenceRecord, Sender, WireConn};
+
+/// Largest message the nodes send each other (NATS's default limit is
+/// 1 MiB); DATA records beyond what fits in one are bounced `too_large`.
+const MESSAGE_BYTES: usize = 512 * 1024;
+
+/// Messages from NATS waiting for the service loop.
+const INBOX_CAPACITY: usize = 4096;
+
+/// What woke the cluster.
+pub enum Wake {
+    Inbound(Box<Inbound>),
+    Looked(Result<LookupDone, tokio::task::JoinError>),
+    Dir(Result<DirDone, tokio::task::JoinError>),
+    Kv(Box<Result<Result<kv::Store, String>, tokio::task::JoinError>>),
+    Tick,
+}
+
+/// What the subscriptions and the connection hand the service loop.
+pub enum Inbound {
+    Node(async_nats::Message),
+    Presence(async_nats::Message),
+    State(async_nats::Message),
+    Heartbeat(async_nats::Message),
+    Event(async_nats::Event),
+}
+
+/// Where the directory says an address is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    At {
+        node: u16,
+        since_us: u64,
+    },
+    /// Connected nowhere, as of the lookup; trusted until `until`.
+    Nowhere {
+        until: Instant,
+    },
+}
+
+struct Node {
+    name: String,
+    incarnation: u64,
+    last_seen: Instant,
+    alive: bool,
+}
+
+/// An address connected to this node.
+struct Local {
+    since_us: u64,
+    /// The directory revision of our entry, once written.
+    rev: Option<u64>,
+}
+
+/// A directory write.
+#[derive(Debug, Clone, Copy)]
+pub enum DirOp {
+    Put { since_us: u64 },
+    Delete { rev: Option<u64> },
+}
+
+type DirDone = (Uuid, DirOp, Result<Option<u64>, String>);
+type LookupDone = (Uuid, Result<Option<Bytes>, String>);
+
+/// Frames and questions waiting for one lookup.
+#[derive(Default)]
+struct Waiting {
+    bytes: Vec<u8>,
+    items: Vec<RemoteItem>,
+    thens: Vec<Then>,
+}
+
+/// Counters of the cluster link, for the log and `/metrics`.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct ClusterStats {
+    pub data_sent: u64,
+    pub data_received: u64,
+    pub bounced: u64,
+    lookups: u64,
+    pub directory_writes: u64,
+    pub directory_errors: u64,
+    pub nodes_down: u64,
+    pub bad_messages: u64,
+    pub dropped_disconnected: u64,
+}
+
+pub struct Cluster {
+    cfg: config::Cluster,
+    name: String,
+    incarnation: u64,
+    nshards: usize,
+    client: async_nats::Client,
+    subjects: Subjects,
+    kv: Option<kv::Store>,
+    kv_setup: JoinSet<Result<kv::Store, String>>,
+    inbox: mpsc::Receiver<Inbound>,
+    inbox_tx: mpsc::Sender<Inbound>,
+    subscribed: bool,
+    nodes: Vec<Node>,
+    node_index: HashMap<String, u16>,
+    cache: HashMap<Uuid, Loc>,
+    waiting: HashMap<Uuid, Waiting>,
+    waiting_bytes: usize,
+    lookups: JoinSet<LookupDone>,
+    local: HashMap<Uuid, Local>,
+    dir_next: HashMap<Uuid, DirOp>,
+    dir_ready: VecDeque<Uuid>,
+    dir_busy: HashSet<Uuid>,
+    dir_ops: JoinSet<DirDone>,
+    /// Messages being built, by node index, and the ones full and ready.
+    out_node: HashMap<u16, Vec<u8>>,
+    out_presence: Vec<u8>,
+    out_state: Vec<u8>,
+    ready: Vec<(String, Vec<u8>)>,
+    /// Events for each shard, sent once per wakeup.
+    events: Vec<Vec<ServiceEvent>>,
+    shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
+    /// Committed states other nodes announced, for the service's cache.
+    pub remote_states: Vec<(Uuid, u64, Arc<[u8]>)>,
+    next_heartbeat: Instant,
+    next_sweep: Instant,
+    pub stats: ClusterStats,
+}
+
+struct Subjects {
+    mine: String,
+    presence: String,
+    state: String,
+    heartbeat: String,
+    node_prefix: String,
+}
+
+impl Cluster {
+    /// Connects in the background (a node starts even while NATS is
+    /// unreachable) and subscribes; returns at once.
+    pub async fn start(
+        cfg: config::Cluster,
+        shards: Vec<mpsc::Sender<Vec<ServiceEvent>>>,
+    ) -> Result<Cluster, String> {
+        let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let events_tx = inbox_tx.clone();
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("gateway {}", cfg.node_id))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100 * attempts as u64).min(2000))
+            })
+            .event_callback(move |ev| {
+                let tx = events_tx.clone();
+                async move {
+                    let _ = tx.send(Inbound::Event(ev)).await;
+                }
+            });
+        let client = options
+            .connect(cfg.nats_url.as_str())
+            .await
+            .map_err(|e| format!("cluster: cannot use nats_url {}: {e}", cfg.nats_url))?;
+        let p = &cfg.subject_prefix;
+        let subjects = Subjects {
+            mine: format!("{p}.node.{}", cfg.node_id),
+            presence: format!("{p}.presence"),
+            state: format!("{p}.state"),
+            heartbeat: format!("{p}.hb"),
+            node_prefix: format!("{p}.node."),
+        };
+        let now = Instant::now();
+        let mut c = Cluster {
+            name: cfg.node_id.clone(),
+            incarnation: now_us(),
+            nshards: shards.len(),
+            client,
+            subjects,
+            kv: None,
+            kv_setup: JoinSet::new(),
+            inbox,
+            inbox_tx,
+            subscribed: false,
+            nodes: Vec::new(),
+            node_index: HashMap::new(),
+            cache: HashMap::new(),
+            waiting: HashMap::new(),
+            waiting_bytes: 0,
+            lookups: JoinSet::new(),
+            local: HashMap::new(),
+            dir_next: HashMap::new(),
+            dir_ready: VecDeque::new(),
+            dir_busy: HashSet::new(),
+            dir_ops: JoinSet::new(),
+            out_node: HashMap::new(),
+            out_presence: Vec::new(),
+            out_state: Vec::new(),
+            ready: Vec::new(),
+            events: shards.iter().map(|_| Vec::new()).collect(),
+            shards,
+            remote_states: Vec::new(),
+            next_heartbeat: now,
+            next_sweep: now + Duration::from_secs(cfg.directory_ttl_s / 4),
+            stats: ClusterStats::default(),
+            cfg,
+        };
+        c.subscribe().await?;
+        tracing::info!(node = %c.name, nats = %c.cfg.nats_url, "cluster configured");
+        Ok(c)
+    }
+
+    async fn subscribe(&mut self) -> Result<(), String> {
+        if self.subscribed {
+            return Ok(());
+        }
+        let s = &self.subjects;
+        let subs = [
+            (s.mine.clone(), 0u8),
+            (s.presence.clone(), 1),
+            (s.state.clone(), 2),
+            (s.heartbeat.clone(), 3),
+        ];
+        for (subject, which) in subs {
+            let mut sub = self
+                .client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| format!("cluster: subscribe {subject}: {e}"))?;
+            let tx = self.inbox_tx.clone();
+            tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    let item = match which {
+                        0 => Inbound::Node(m),
+                        1 => Inbound::Presence(m),
+                        2 => Inbound::State(m),
+                        _ => Inbound::Heartbeat(m),
+                    };
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        self.subscribed = true;
+        Ok(())
+    }
+
+    fn me(&self) -> Sender<'_> {
+        Sender {
+            name: &self.name,
+            incarnation: self.incarnation,
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn emit(&mut self, shard: usize, ev: ServiceEvent) {
+        self.events[shard].push(ev);
+    }
+
+    fn owner(&self, addr: &Uuid) -> usize {
+        owner_shard(addr, self.nshards)
+    }
+
+    // ----- from the shards ------------------------------------------------
+
+    /// An address of this node came online or went offline.
+    pub fn local_presence(&mut self, addr: Uuid, online: bool, at_us: u64) {
+        if online {
+            self.local.insert(
+                addr,
+                Local {
+                    since_us: at_us,
+                    rev: None,
+                },
+            );
+            self.cache.remove(&addr);
+            self.schedule(addr, DirOp::Put { since_us: at_us });
+        } else {
+            let rev = match self.local.remove(&addr) {
+                Some(l) => l.rev,
+                None => return,
+            };
+            self.schedule(addr, DirOp::Delete { rev });
+        }
+        let rec = PresenceRecord {
+            addr,
+            online,
+            at_us,
+        };
+        self.push_presence(rec);
+    }
+
+    fn push_presence(&mut self, rec: PresenceRecord) {
+        if self.out_presence.len() + 25 > MESSAGE_BYTES {
+            let full = std::mem::take(&mut self.out_presence);
+            self.ready.push((self.subjects.presence.clone(), full));
+        }
+        if self.out_presence.is_empty() {
+            let me = self.me();
+            let mut b = Vec::with_capacity(4096);
+            wire::put_header(&mut b, &me);
+            self.out_presence = b;
+        }
+        wire::put_presence(&mut self.out_presence, rec);
+    }
+
+    /// A committed state of `addr`, for watchers on other nodes.
+    pub fn state_committed(&mut self, addr: Uuid, updated_at_us: u64, blob: &[u8]) {
+        if !self.nodes.iter().any(|n| n.alive) {
+            return;
+        }
+        let need = 28 + blob.len();
+        if wire::header_len(&self.name) + need > MESSAGE_BYTES {
+            return;
+        }
+        if self.out_state.len() + need > MESSAGE_BYTES {
+            let full = std::mem::take(&mut self.out_state);
+            self.ready.push((self.subjects.state.clone(), full));
+        }
+        if self.out_state.is_empty() {
+            let me = self.me();
+            let mut b = Vec::with_capacity(4096);
+            wire::put_header(&mut b, &me);
+            self.out_state = b;
+        }
+        wire::put_state(&mut self.out_state, addr, updated_at_us, blob);
+    }
+
+    /// DATA for addresses not connected here.
+    pub fn remote_data(&mut self, bytes: &[u8], items: &[RemoteItem]) {
+        for it in items {
+            let frame = &bytes[it.start as usize..(it.start + it.len) as usize];
+            let dst = frame_dst(frame);
+            self.route(dst, *it, frame);
+        }
+    }
+
+    fn route(&mut self, dst: Uuid, it: RemoteItem, frame: &[u8]) {
+        if frame.len() + wire::DATA_OVERHEAD + wire::header_len(&self.name) > MESSAGE_BYTES {
+            self.bounce_local(it, frame, ErrorCode::TooLarge);
+            return;
+        }
+        if let Some(w) = self.waiting.get_mut(&dst) {
+            if self.waiting_bytes + frame.len() > self.cfg.pending_bytes {
+                self.bounce_local(it, frame, ErrorCode::SlowConsumer);
+                return;
+            }
+            self.waiting_bytes += frame.len();
+            let start = w.bytes.len() as u32;
+            w.bytes.extend_from_slice(frame);
+            w.items.push(RemoteItem { start, ..it });
+            return;
+        }
+        match self.cached(&dst) {
+            Some(Loc::At { node, .. }) => self.send_data(node, it, frame),
+            Some(Loc::Nowhere { .. }) => self.bounce_local(it, frame, ErrorCode::DstOffline),
+            None => {
+                if !self.can_look_up() {
+                    self.bounce_local(it, frame, ErrorCode::DstOffline);
+                    return;
+                }
+                if self.waiting_bytes + frame.len() > self.cfg.pending_bytes {
+                    self.bounce_local(it, frame, ErrorCode::SlowConsumer);
+                    return;
+                }
+                self.waiting_bytes += frame.len();
+                let mut w = Waiting::default();
+                w.bytes.extend_from_slice(frame);
+                w.items.push(RemoteItem { start: 0, ..it });
+                self.waiting.insert(dst, w);
+                self.look_up(dst);
+            }
+        }
+    }
+
+    /// A question of an owner shard: where is `addr`?
+    pub fn locate(&mut self, addr: Uuid, then: Then) {
+        if let Some(w) = self.waiting.get_mut(&addr) {
+            w.thens.push(then);
+            return;
+        }
+        let at = match self.cached(&addr) {
+            Some(Loc::At { node, since_us }) => Some((node, since_us)),
+            Some(Loc::Nowhere { .. }) => None,
+            None if self.can_look_up() => {
+                let w = Waiting {
+                    thens: vec![then],
+                    ..Waiting::default()
+                };
+                self.waiting.insert(addr, w);
+                self.look_up(addr);
+                return;
+            }
+            None => None,
+        };
+        let shard = self.owner(&addr);
+        self.emit(shard, ServiceEvent::Located { addr, at, then });
+    }
+
+    /// A DATA frame from another node was not delivered here.
+    pub fn bounce(&mut self, to: RemoteConn, id: u64, code: ErrorCode, dst: Uuid) {
+        let need = 1 + 2 + 4 + 4 + 8 + 2 + 16;
+        let buf = self.node_buf(to.node, need);
+        let wc = WireConn {
+            shard: to.shard,
+            conn: to.conn,
+        };
+        wire::put_bounce(buf, wc, id, code, dst);
+    }
+
+    fn cached(&mut self, addr: &Uuid) -> Option<Loc> {
+        match self.cache.get(addr).copied() {
+            Some(Loc::At { node, since_us }) if self.nodes[node as usize].alive => {
+                Some(Loc::At { node, since_us })
+            }
+            Some(Loc::Nowhere { until }) if Instant::now() < until => Some(Loc::Nowhere { until }),
+            Some(_) => {
+                self.cache.remove(addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn cache_put(&mut self, addr: Uuid, loc: Loc) {
+        if self.cache.len() >= self.cfg.cache_entries && !self.cache.contains_key(&addr) {
+            // Bounded: start over rather than track recency per entry.
+            self.cache.clear();
+        }
+        self.cache.insert(addr, loc);
+    }
+
+    fn can_look_up(&self) -> bool {
+        self.kv.is_some() && self.connected()
+    }
+
+    fn look_up(&mut self, addr: Uuid) {
+        let kv = self.kv.clone().expect("checked by can_look_up");
+        self.stats.lookups += 1;
+        self.lookups.spawn(async move {
+            let r = kv.get(addr.to_string()).await.map_err(|e| e.to_string());
+            (addr, r)
+        });
+    }
+
+    /// A lookup came back: what waited for it goes on.
+    fn looked_up(&mut self, r: Result<LookupDone, tokio::task::JoinError>) {
+        let Ok((addr, result)) = r else {
+            return;
+        };
+        let loc = match result {
+            Ok(Some(v)) => match wire::decode_dir(&v) {
+                Some(e) => self.loc_of(e),
+                None => self.nowhere(),
+            },
+            Ok(None) => self.nowhere(),
+            Err(e) => {
+                self.stats.directory_errors += 1;
+                tracing::debug!(%addr, error = %e, "cluster: directory lookup failed");
+                self.nowhere()
+            }
+        };
+        // A presence record may have arrived meanwhile; it is newer.
+        let loc = match self.cache.get(&addr) {
+            Some(l) => *l,
+            None => {
+                self.cache_put(addr, loc);
+                loc
+            }
+        };
+        let Some(w) = self.waiting.remove(&addr) else {
+            return;
+        };
+        self.waiting_bytes -= w.bytes.len();
+        for it in &w.items {
+            let frame = &w.bytes[it.start as usize..(it.start + it.len) as usize];
+            match loc {
+                Loc::At { node, .. } => self.send_data(node, *it, frame),
+                Loc::Nowhere { .. } => self.bounce_local(*it, frame, ErrorCode::DstOffline),
+            }
+        }
+        let at = match loc {
+            Loc::At { node, since_us } => Some((node, since_us)),
+            Loc::Nowhere { .. } => None,
+        };
+        let shard = self.owner(&addr);
+        for then in w.thens {
+            self.emit(shard, ServiceEvent::Located { addr, at, then });
+        }
+    }
+
+    fn nowhere(&self) -> Loc {
+        Loc::Nowhere {
+            until: Instant::now() + Duration::from_millis(self.cfg.heartbeat_ms),
+        }
+    }
+
+    /// Where a directory entry points, if that node is alive and the entry
+    /// is of its current life.
+    fn loc_of(&mut self, e: wire::DirEntry) -> Loc {
+        if e.node == self.name {
+            // Not connected here (the shard asked): a stale entry.
+            return self.nowhere();
+        }
+        let node = self.node(&e.node, e.incarnation);
+        let n = &self.nodes[node as usize];
+        if n.alive && n.incarnation == e.incarnation {
+            Loc::At {
+                node,
+                since_us: e.since_us,
+            }
+        } else {
+            self.nowhere()
+        }
+    }
+
+    /// The index of node `name`, known from now on. A node first heard of
+    /// is alive until its heartbeats say otherwise.
+    fn node(&mut self, name: &str, incarnation: u64) -> u16 {
+        if let Some(&i) = self.node_index.get(name) {
+            let n = &mut self.nodes[i as usize];
+            if incarnation > n.incarnation {
+                // Restarted: what it had before is gone.
+                let was_alive = n.alive;
+                n.incarnation = incarnation;
+                n.last_seen = Instant::now();
+                n.alive = true;
+                if was_alive {
+                    tracing::info!(node = %name, "cluster: node restarted");
+                    self.forget_node(i);
+                } else {
+                    tracing::info!(node = %name, "cluster: node up");
+                }
+            }
+            return i;
+        }
+        let i = self.nodes.len() as u16;
+        tracing::info!(node = %name, "cluster: node up");
+        self.nodes.push(Node {
+            name: name.to_string(),
+            incarnation,
+            last_seen: Instant::now(),
+            alive: true,
+        });
+        self.node_index.insert(name.to_string(), i);
+        i
+    }
+
+    /// Everything known of node `i`'s addresses is void: caches drop it and
+    /// watchers are told its addresses are offline.
+    fn forget_node(&mut self, i: u16) {
+        self.cache
+            .retain(|_, l| !matches!(l, Loc::At { node, .. } if *node == i));
+        self.out_node.remove(&i);
+        let at_us = now_us();
+        for shard in 0..self.nshards {
+            self.emit(shard, ServiceEvent::NodeDown { node: i, at_us });
+        }
+    }
+
+    // ----- to other nodes -------------------------------------------------
+
+    fn node_buf(&mut self, node: u16, need: usize) -> &mut Vec<u8> {
+        let full = self
+            .out_node
+            .get(&node)
+            .is_some_and(|b| b.len() + need > MESSAGE_BYTES);
+        if full {
+            let b = self.out_node.remove(&node).expect("checked");
+            let subject = format!(
+                "{}{}",
+                self.subjects.node_prefix, self.nodes[node as usize].name
+            );
+            self.ready.push((subject, b));
+        }
+        let header = {
+            let me = self.me();
+            let mut b = Vec::with_capacity(16 * 1024);
+            wire::put_header(&mut b, &me);
+            b
+        };
+        self.out_node.entry(node).or_insert(header)
+    }
+
+    fn send_data(&mut self, node: u16, it: RemoteItem, frame: &[u8]) {
+        self.stats.data_sent += 1;
+        let buf = self.node_buf(node, wire::DATA_OVERHEAD + frame.len());
+        let wc = WireConn {
+            shard: it.shard,
+            conn: it.conn,
+        };
+        wire::put_data(buf, wc, frame);
+    }
+
+    /// A frame of a connection here that cannot reach its destination.
+    fn bounce_local(&mut self, it: RemoteItem, frame: &[u8], code: ErrorCode) {
+        self.stats.bounced += 1;
+        let id = frame_id(frame);
+        self.emit(
+            it.shard as usize,
+            ServiceEvent::StateError {
+                conn: it.conn,
+                id,
+                code,
+            },
+        );
+    }
+
+    // ----- from other nodes ----------------------------------------------
+
+    fn on_inbound(&mut self, m: Inbound) {
+        match m {
+            Inbound::Node(m) => self.on_node_message(&m.payload),
+            Inbound::Presence(m) => self.on_presence_message(&m.payload),
+            Inbound::State(m) => self.on_state_message(&m.payload),
+            Inbound::Heartbeat(m) => {
+                if let Ok((s, _)) = wire::split_header(&m.payload) {
+                    if s.name != self.name {
+                        let i = self.node(s.name, s.incarnation);
+                        self.seen(i, s.incarnation);
+                    }
+                } else {
+                    self.stats.bad_messages += 1;
+                }
+            }
+            Inbound::Event(ev) => self.on_event(ev),
+        }
+    }
+
+    fn seen(&mut self, i: u16, incarnation: u64) {
+        let n = &mut self.nodes[i as usize];
+        if incarnation != n.incarnation {
+            // An older life's late message.
+            return;
+        }
+        n.last_seen = Instant::now();
+        if !n.alive {
+            n.alive = true;
+            tracing::info!(node = %n.name, "cluster: node up");
+        }
+    }
+
+    /// The sender's index, or None for our own messages and stale lives.
+    fn sender(&mut self, s: &Sender<'_>) -> Option<u16> {
+        if s.name == self.name {
+            return None;
+        }
+        let i = self.node(s.name, s.incarnation);
+        if self.nodes[i as usize].incarnation != s.incarnation {
+            return None;
+        }
+        self.seen(i, s.incarnation);
+        Some(i)
+    }
+
+    fn on_node_message(&mut self, msg: &[u8]) {
+        let Ok((s, records)) = wire::split_header(msg) else {
+            self.stats.bad_messages += 1;
+            return;
+        };
+        let Some(node) = self.sender(&s) else {
+            return;
+        };
+        // DATA gathered per owner shard: one event each.
+        let mut per_shard: Vec<Option<(Vec<u8>, Vec<RemoteDelivery>)>> =
+            (0..self.nshards).map(|_| None).collect();
+        for r in wire::NodeRecords(records) {
+            match r {
+                Ok(wire::NodeRecord::Data { from, frame }) => {
+                    if frame.len() < crate::proto::HEADER_LEN {
+                        self.stats.bad_messages += 1;
+                        continue;
+                    }
+                    self.stats.data_received += 1;
+                    let shard = self.owner(&frame_dst(frame));
+                    let (bytes, items) = per_shard[shard].get_or_insert_with(Default::default);
+                    let start = bytes.len() as u32;
+                    bytes.extend_from_slice(frame);
+                    items.push(RemoteDelivery {
+                        from: RemoteConn {
+                            node,
+                            shard: from.shard,
+                            conn: from.conn,
+                        },
+                        start,
+                        len: frame.len() as u32,
+                    });
+                }
+                Ok(wire::NodeRecord::Bounce { to, id, code, dst }) => {
+                    if code == ErrorCode::DstOffline {
+                        // Our cache pointed there: stale.
+                        self.cache.remove(&dst);
+                    }
+                    self.stats.bounced += 1;
+                    if (to.shard as usize) < self.nshards {
+                        self.emit(
+                            to.shard as usize,
+                            ServiceEvent::StateError {
+                                conn: to.conn,
+                                id,
+                                code,
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.stats.bad_messages += 1;
+                    tracing::debug!(error = %e, "cluster: bad node message");
+                }
+            }
+        }
+        for (shard, got) in per_shard.into_iter().enumerate() {
+            if let Some((bytes, items)) = got {
+                self.emit(shard, ServiceEvent::RemoteData { bytes, items });
+            }
+        }
+    }
+
+    fn on_presence_message(&mut self, msg: &[u8]) {
+        let Ok((s, records)) = wire::split_header(msg) else {
+            self.stats.bad_messages += 1;
+            return;
+        };
+        let theirs = s.name.to_string();
+        let Some(node) = self.sender(&s) else {
+            return;
+        };
+        for r in wire::PresenceRecords(records) {
+            let Ok(r) = r else {
+                self.stats.bad_messages += 1;
+                break;
+            };
+            self.remote_presence(node, &theirs, r);
+        }
+    }
+
+    fn remote_presence(&mut self, node: u16, theirs: &str, r: PresenceRecord) {
+        let shard = self.owner(&r.addr);
+        if r.online {
+            self.cache_put(
+                r.addr,
+                Loc::At {
+                    node,
+                    since_us: r.at_us,
+                },
+            );
+            if let Some(l) = self.local.get(&r.addr) {
+                // Connected here too: the newer registration wins (ties go
+                // to the greater node name).
+                let since = l.since_us;
+                if (since, self.name.as_str()) < (r.at_us, theirs) {
+                    self.local.remove(&r.addr);
+                    self.emit(
+                        shard,
+                        ServiceEvent::TakeOver {
+                            addr: r.addr,
+                            since_us: since,
+                            node,
+                        },
+                    );
+                } else {
+                    // Ours is newer; its entry may have been overwritten.
+                    self.schedule(r.addr, DirOp::Put { since_us: since });
+                    self.cache.remove(&r.addr);
+                }
+                return;
+            }
+        } else if matches!(self.cache.get(&r.addr), Some(Loc::At { node: n, .. }) if *n == node) {
+            self.cache.remove(&r.addr);
+        }
+        self.emit(
+            shard,
+            ServiceEvent::RemotePresence {
+                addr: r.addr,
+                online: r.online,
+                at_us: r.at_us,
+                node,
+            },
+        );
+    }
+
+    fn on_state_message(&mut self, msg: &[u8]) {
+        let Ok((s, records)) = wire::split_header(msg) else {
+            self.stats.bad_messages += 1;
+            return;
+        };
+        if self.sender(&s).is_none() {
+            return;
+        }
+        for r in wire::StateRecords(records) {
+            let Ok(r) = r else {
+                self.stats.bad_messages += 1;
+                break;
+            };
+            self.remote_states
+                .push((r.addr, r.updated_at_us, Arc::from(r.blob)));
+        }
+    }
+
+    fn on_event(&mut self, ev: async_nats::Event) {
+        match ev {
+            async_nats::Event::Connected => {
+                tracing::info!(nats = %self.cfg.nats_url, "cluster: connected to NATS");
+                // Again on every reconnect: a restarted NATS may have lost
+                // the bucket (it is kept in memory).
+                if self.kv_setup.is_empty() {
+                    self.start_kv_setup(Duration::ZERO);
+                }
+                self.resync();
+            }
+            async_nats::Event::Disconnected => {
+                tracing::warn!(nats = %self.cfg.nats_url, "cluster: disconnected from NATS; addresses on other nodes are unreachable until it is back");
+            }
+            async_nats::Event::SlowConsumer(sid) => {
+                tracing::warn!(
+                    sid,
+                    "cluster: NATS dropped messages for a slow subscription"
+                );
+            }
+            other => tracing::info!(event = %other, "cluster: NATS event"),
+        }
+    }
+
+    fn start_kv_setup(&mut self, delay: Duration) {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let bucket = self.cfg.directory_bucket.clone();
+        let ttl = Duration::from_secs(self.cfg.directory_ttl_s);
+        self.kv_setup.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Ok(kv) = js.get_key_value(&bucket).await {
+                return Ok(kv);
+            }
+            // The bucket's stream, created directly: the client's
+            // `create_key_value` first reads account fields that NATS
+            // servers before 2.10 do not send. Same settings as a key-value
+            // bucket with history 1, kept in memory.
+            use async_nats::jetstream::stream;
+            js.create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: ttl,
+                storage: stream::StorageType::Memory,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: 1,
+                duplicate_window: ttl.min(Duration::from_secs(120)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot create bucket {bucket}: {e}"))?;
+            js.get_key_value(&bucket)
+                .await
+                .map_err(|e| format!("cannot open bucket {bucket}: {e}"))
+        });
+    }
+
+    /// The directory bucket is open (or could not be: try again soon).
+    fn kv_opened(&mut self, r: Result<Result<kv::Store, String>, tokio::task::JoinError>) {
+        match r {
+            Ok(Ok(kv)) => {
+                tracing::info!(bucket = %self.cfg.directory_bucket, "cluster: directory open");
+                self.kv = Some(kv);
+                self.resync();
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cluster: directory unavailable; retrying");
+                self.start_kv_setup(Duration::from_millis(500));
+            }
+            Err(e) => tracing::error!(error = %e, "cluster: directory setup task failed"),
+        }
+    }
+
+    /// Waits for the next thing the cluster must handle.
+    pub async fn next(&mut self) -> Wake {
+        let hb = tokio::time::sleep_until(tokio::time::Instant::from_std(self.next_heartbeat));
+        tokio::select! {
+            Some(m) = self.inbox.recv() => Wake::Inbound(Box::new(m)),
+            Some(r) = self.lookups.join_next(), if !self.lookups.is_empty() => Wake::Looked(r),
+            Some(r) = self.dir_ops.join_next(), if !self.dir_ops.is_empty() => Wake::Dir(r),
+            Some(r) = self.kv_setup.join_next(), if !self.kv_setup.is_empty() => Wake::Kv(Box::new(r)),
+            _ = hb => Wake::Tick,
+        }
+    }
+
+    pub fn handle(&mut self, w: Wake) {
+        match w {
+            Wake::Inbound(m) => self.on_inbound(*m),
+            Wake::Looked(r) => self.looked_up(r),
+            Wake::Dir(r) => self.dir_done(r),
+            Wake::Kv(r) => self.kv_opened(*r),
+            Wake::Tick => self.on_tick(),
+        }
+    }
+
+    /// After (re)connecting: every local address is announced and written
+    /// again, so nodes that marked this one down see it back.
+    fn resync(&mut self) {
+        let all: Vec<(Uuid, u64)> = self.local.iter().map(|(a, l)| (*a, l.since_us)).collect();
+        for (addr, since_us) in all {
+            self.push_presence(PresenceRecord {
+                addr,
+                online: true,
+                at_us: since_us,
+            });
+            self.schedule(addr, DirOp::Put { since_us });
+        }
+        self.next_heartbeat = Instant::now();
+    }
+
+    // ----- the directory --------------------------------------------------
+
+    fn schedule(&mut self, addr: Uuid, op: DirOp) {
+        self.dir_next.insert(addr, op);
+        self.dir_ready.push_back(addr);
+        self.pump();
+    }
+
+    /// Starts queued directory writes, one at a time per address.
+    fn pump(&mut self) {
+        let Some(kv) = self.kv.clone() else {
+            return;
+        };
+        if !self.connected() {
+            return;
+        }
+        while self.dir_ops.len() < self.cfg.directory_ops_in_flight {
+            let Some(addr) = self.dir_ready.pop_front() else {
+                break;
+            };
+            if self.dir_busy.contains(&addr) {
+                continue;
+            }
+            let Some(op) = self.dir_next.remove(&addr) else {
+                continue;
+            };
+            let value = match op {
+                DirOp::Put { since_us } => {
+                    Some(Bytes::from(wire::encode_dir(since_us, &self.me())))
+                }
+                DirOp::Delete { rev: None } => continue,
+                DirOp::Delete { .. } => None,
+            };
+            self.dir_busy.insert(addr);
+            self.stats.directory_writes += 1;
+            let kv = kv.clone();
+            self.dir_ops.spawn(async move {
+                let key = addr.to_string();
+                let r = match (op, value) {
+                    (DirOp::Put { .. }, Some(v)) => {
+                        kv.put(key, v).await.map(Some).map_err(|e| e.to_string())
+                    }
+                    (DirOp::Delete { rev }, _) => kv
+                        .delete_expect_revision(key, rev)
+                        .await
+                        .map(|_| None)
+                        .map_err(|e| e.to_string()),
+                    _ => Ok(None),
+                };
+                (addr, op, r)
+            });
+        }
+    }
+
+    fn dir_done(&mut self, r: Result<DirDone, tokio::task::JoinError>) {
+        let Ok((addr, op, result)) = r else {
+            return;
+        };
+        self.dir_busy.remove(&addr);
+        match (op, result) {
+            (DirOp::Put { since_us }, Ok(Some(rev))) => match self.local.get_mut(&addr) {
+                Some(l) if l.since_us == since_us => l.rev = Some(rev),
+                // Gone meanwhile: take our entry back out, unless a newer
+                // write is already queued.
+                Some(_) => {}
+                None => {
+                    self.dir_next
+                        .entry(addr)
+                        .or_insert(DirOp::Delete { rev: Some(rev) });
+                }
+            },
+            (_, Err(e)) => {
+                // A failed put is written again at the next sweep or
+                // reconnect; a failed delete expires with the TTL (or
+                // another node's entry replaced ours).
+                self.stats.directory_errors += 1;
+                tracing::debug!(%addr, error = %e, "cluster: directory write failed");
+            }
+            _ => {}
+        }
+        if self.dir_next.contains_key(&addr) {
+            self.dir_ready.push_back(addr);
+        }
+        self.pump();
+    }
+
+    // ----- time -----------------------------------------------------------
+
+    /// Heartbeats, node timeouts and the directory sweep.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if now < self.next_heartbeat {
+            return;
+        }
+        self.next_heartbeat = now + Duration::from_millis(self.cfg.heartbeat_ms);
+        let mut hb = Vec::with_capacity(80);
+        wire::put_header(&mut hb, &self.me());
+        self.ready.push((self.subjects.heartbeat.clone(), hb));
+        let timeout = Duration::from_millis(self.cfg.node_timeout_ms);
+        let mut down = Vec::new();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if n.alive && now.duration_since(n.last_seen) > timeout {
+                n.alive = false;
+                tracing::warn!(node = %n.name, "cluster: node down (no heartbeat)");
+                down.push(i as u16);
+            }
+        }
+        for i in down {
+            self.stats.nodes_down += 1;
+            self.forget_node(i);
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + Duration::from_secs(self.cfg.directory_ttl_s / 4);
+            let all: Vec<(Uuid, u64)> = self.local.iter().map(|(a, l)| (*a, l.since_us)).collect();
+            for (addr, since_us) in all {
+                self.dir_next.entry(addr).or_insert(DirOp::Put { since_us });
+                self.dir_ready.push_back(addr);
+            }
+            self.pump();
+        }
+    }
+
+    /// Publishes what this wakeup built and hands the shards their events.
+    pub async fn flush(&mut self) {
+        let nodes: Vec<u16> = self.out_node.keys().copied().collect();
+        for node in nodes {
+            let b = self.out_node.remove(&node).expect("listed");
+            let subject = format!(
+                "{}{}",
+                self.subjects.node_prefix, self.nodes[node as usize].name
+            );
+            self.ready.push((subject, b));
+        }
+        for (subject, buf) in [
+            (
+                self.subjects.presence.clone(),
+                std::mem::take(&mut self.out_presence),
+            ),
+            (
+                self.subjects.state.clone(),
+                std::mem::take(&mut self.out_state),
+            ),
+        ] {
+            if !buf.is_empty() {
+                self.ready.push((subject, buf));
+            }
+        }
+        let ready = std::mem::take(&mut self.ready);
+        let connected = self.connected();
+        for (subject, buf) in ready {
+            if !connected {
+                self.undeliverable(&subject, &buf);
+                continue;
+            }
+            if let Err(e) = self.client.publish(subject.clone(), buf.into()).await {
+                tracing::debug!(%subject, error = %e, "cluster: publish failed");
+            }
+        }
+        for (shard, out) in self.events.iter_mut().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            let events = std::mem::take(out);
+            if self.shards[shard].send(events).await.is_err() {
+                tracing::debug!(shard, "shard gone; dropping its cluster events");
+            }
+        }
+    }
+
+    /// NATS is down: DATA in an unsent message is answered `dst_offline`;
+    /// presence and heartbeats are sent again on reconnect.
+    fn undeliverable(&mut self, subject: &str, buf: &[u8]) {
+        self.stats.dropped_disconnected += 1;
+        if !subject.starts_with(&self.subjects.node_prefix) {
+            return;
+        }
+        let Ok((_, records)) = wire::split_header(buf) else {
+            return;
+        };
+        let mut bounced = Vec::new();
+        for r in wire::NodeRecords(records).flatten() {
+            if let wire::NodeRecord::Data { from, frame } = r {
+                bounced.push((from, frame_id(frame)));
+            }
+        }
+        for (from, id) in bounced {
+            self.stats.bounced += 1;
+            self.emit(
+                from.shard as usize,
+                ServiceEvent::StateError {
+                    conn: from.conn,
+                    id,
+                    code: ErrorCode::DstOffline,
+                },
+            );
+        }
+    }
+
+    pub async fn close(&mut self) {
+        let _ = self.client.flush().await;
+    }
+}
+
+/// The destination of a DATA frame (bytes 24..40 of its header).
+fn frame_dst(frame: &[u8]) -> Uuid {
+    Uuid::from_slice(&frame[24..40]).expect("DATA frames carry a header")
+}
+
+/// The id of a DATA frame (bytes 40..48 of its header).
+fn frame_id(frame: &[u8]) -> u64 {
+    u64::from_be_bytes(
+        frame[40..48]
+            .try_into()
+            .expect("DATA frames carry a header"),
+    )
+}

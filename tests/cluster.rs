@@ -1,0 +1,324 @@
+//! Several gateway nodes routing through NATS: each test starts its own
+//! `nats-server` (with JetStream) on a spare loopback port and three gateway
+//! nodes, and talks to clients on different nodes.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::mariadb::TempDir;
+use common::{code, kind, Event, Gateway, TcpClient};
+use uuid::Uuid;
+
+/// The NATS server binary (Debian's package; `.ci/run` installs it).
+const NATS_SERVER: &str = "nats-server";
+
+/// How long a node may take to see the cluster (connect, open the
+/// directory, hear the others' heartbeats).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Node liveness in these tests: heartbeats every 200 ms, down after 1 s.
+const NODE_TIMEOUT_MS: u64 = 1000;
+
+/// A `nats-server` of the test's own, with JetStream, killed on drop.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let port = free_port();
+        let mut nats = Nats {
+            child: None,
+            port,
+            dir: TempDir::new("nats"),
+        };
+        nats.spawn();
+        nats
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(NATS_SERVER)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {NATS_SERVER} (is it installed?): {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {addr}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a spare port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn node(nats: &Nats, name: &str) -> Gateway {
+    Gateway::start(&format!(
+        "[cluster]\nnats_url = \"{}\"\nnode_id = \"{name}\"\nheartbeat_ms = 200\nnode_timeout_ms = {NODE_TIMEOUT_MS}\n",
+        nats.url()
+    ))
+}
+
+fn three_nodes(nats: &Nats) -> [Gateway; 3] {
+    [node(nats, "n1"), node(nats, "n2"), node(nats, "n3")]
+}
+
+/// Sends DATA from `from` to `to` until one arrives (the nodes are still
+/// joining), then checks it and drains what else arrived. Each try's
+/// `dst_offline` is read back at the sender.
+fn wait_routable(from: &mut TcpClient, to: &mut TcpClient) {
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let mut id = 1_000_000;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{} never reached {} across nodes",
+            from.addr,
+            to.addr
+        );
+        id += 1;
+        from.data(to.addr, id, b"probe");
+        match to.poll(Duration::from_millis(300)) {
+            Event::Frame(f) if f.kind == kind::DATA => {
+                assert_eq!(f.src, from.addr);
+                break;
+            }
+            Event::Frame(f) => panic!("unexpected {f:?}"),
+            Event::Closed => panic!("receiver closed"),
+            Event::Silent => {
+                // The sender got dst_offline for this try.
+                let f = from.recv();
+                assert_eq!(f.kind, kind::ERROR, "{f:?}");
+                assert_eq!(f.error().0, code::DST_OFFLINE, "{f:?}");
+            }
+        }
+    }
+    // Frames held up by an outage may still come in: let them.
+    while let Event::Frame(f) = to.poll(Duration::from_millis(200)) {
+        assert_eq!((f.kind, f.src), (kind::DATA, from.addr), "{f:?}");
+    }
+}
+
+#[test]
+fn data_crosses_nodes_both_ways() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three_nodes(&nats);
+    let mut a = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    let mut b = TcpClient::hello(n2.tcp_addr(), Uuid::new_v4());
+    let mut c = TcpClient::hello(n3.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut a, &mut b);
+
+    a.data(b.addr, 1, b"a to b");
+    let f = b.expect_frame(kind::DATA, 1);
+    assert_eq!(
+        (f.src, f.dst, f.payload.as_slice()),
+        (a.addr, b.addr, &b"a to b"[..])
+    );
+
+    b.data(a.addr, 2, b"b to a");
+    let f = a.expect_frame(kind::DATA, 2);
+    assert_eq!((f.src, f.payload.as_slice()), (b.addr, &b"b to a"[..]));
+
+    wait_routable(&mut c, &mut a);
+    c.data(a.addr, 3, b"c to a");
+    assert_eq!(a.expect_frame(kind::DATA, 3).payload, b"c to a");
+
+    // Nobody has this address on any node.
+    let nobody = Uuid::new_v4();
+    a.data(nobody, 4, b"x");
+    a.expect_error(code::DST_OFFLINE, 4);
+}
+
+#[test]
+fn ten_thousand_frames_keep_their_order_across_nodes() {
+    let nats = Nats::start();
+    let [n1, n2, _n3] = three_nodes(&nats);
+    let mut a = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    let mut b = TcpClient::hello(n2.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut a, &mut b);
+    const N: u64 = 10_000;
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    let sender = thread::spawn(move || {
+        for id in 1..=N {
+            a.data(b_addr, id, &id.to_be_bytes());
+        }
+        a
+    });
+    for id in 1..=N {
+        let f = b.recv();
+        assert_eq!(f.kind, kind::DATA, "frame {id}: {f:?}");
+        assert_eq!(f.id, id, "frames out of order");
+        assert_eq!(f.src, a_addr);
+        assert_eq!(f.payload, id.to_be_bytes());
+    }
+    let mut a = sender.join().expect("sender thread");
+    // No error came back for any of them.
+    a.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn a_hello_on_another_node_takes_the_address_over() {
+    let nats = Nats::start();
+    let [n1, n2, n3] = three_nodes(&nats);
+    let x = Uuid::new_v4();
+    let mut old = TcpClient::hello(n1.tcp_addr(), x);
+    let mut sender = TcpClient::hello(n3.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut sender, &mut old);
+
+    let mut new = TcpClient::hello(n2.tcp_addr(), x);
+    old.expect_error_then_close(code::TAKEN_OVER, 0);
+
+    // DATA now reaches the new connection on n2, from n3 and from n1.
+    wait_routable(&mut sender, &mut new);
+    let mut on_n1 = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut on_n1, &mut new);
+    on_n1.data(x, 7, b"to the new one");
+    assert_eq!(new.expect_frame(kind::DATA, 7).payload, b"to the new one");
+}
+
+#[test]
+fn presence_and_state_reach_watchers_on_other_nodes() {
+    let nats = Nats::start();
+    let [n1, n2, _n3] = three_nodes(&nats);
+    let mut watcher = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    let mut probe = TcpClient::hello(n2.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut watcher, &mut probe);
+
+    let x = Uuid::new_v4();
+    assert_eq!(watcher.subscribe(x, 10).online, 0);
+    let mut device = TcpClient::hello(n2.tcp_addr(), x);
+    let p = watcher.expect_frame(kind::PRESENCE, 0).presence();
+    assert_eq!((p.address, p.online), (x, 1));
+
+    // A second watcher subscribing now hears "online" at once.
+    let mut late = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    let p2 = late.subscribe(x, 11);
+    assert_eq!(p2.online, 1);
+    assert_eq!(p2.at_us, p.at_us, "online since the same moment");
+
+    // A committed state is pushed to the watchers on n1, online.
+    let at = device.put_acked(12, b"{\"t\":21.5}");
+    for w in [&mut watcher, &mut late] {
+        let s = w.expect_frame(kind::STATE, 0).state();
+        assert_eq!((s.address, s.updated_at_us, s.online), (x, at, 1));
+        assert_eq!(s.blob, b"{\"t\":21.5}");
+    }
+
+    drop(device);
+    let off = watcher.expect_frame(kind::PRESENCE, 0).presence();
+    assert_eq!((off.address, off.online), (x, 0));
+    assert!(off.at_us >= p.at_us);
+}
+
+#[test]
+fn a_killed_node_s_addresses_go_offline_everywhere() {
+    let nats = Nats::start();
+    let [n1, n2, _n3] = three_nodes(&nats);
+    let mut watcher = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    let mut device = TcpClient::hello(n2.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut watcher, &mut device);
+    assert_eq!(watcher.subscribe(device.addr, 20).online, 1);
+
+    let killed = Instant::now();
+    drop(n2); // SIGKILL: no goodbye of any kind.
+    let off = watcher
+        .recv_within(Duration::from_millis(NODE_TIMEOUT_MS) + Duration::from_secs(3))
+        .presence();
+    assert_eq!((off.address, off.online), (device.addr, 0));
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_millis(NODE_TIMEOUT_MS) + Duration::from_secs(2),
+        "offline after {took:?}"
+    );
+    watcher.data(device.addr, 21, b"anyone?");
+    watcher.expect_error(code::DST_OFFLINE, 21);
+}
+
+#[test]
+fn local_routing_survives_a_nats_outage_and_remote_routing_comes_back() {
+    let mut nats = Nats::start();
+    let [n1, n2, _n3] = three_nodes(&nats);
+    let mut a = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    let mut a2 = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    let mut b = TcpClient::hello(n2.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut a, &mut b);
+
+    nats.stop();
+    // Same node: unaffected.
+    for id in 1..=50 {
+        a.data(a2.addr, id, b"local");
+        a2.expect_frame(kind::DATA, id);
+    }
+    // Another node: refused plainly once the link is known to be down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 100;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "remote DATA never refused during the outage"
+        );
+        id += 1;
+        a.data(b.addr, id, b"remote");
+        match a.poll(Duration::from_millis(500)) {
+            Event::Frame(f) => {
+                assert_eq!(f.kind, kind::ERROR, "{f:?}");
+                assert_eq!(f.error().0, code::DST_OFFLINE, "{f:?}");
+                break;
+            }
+            Event::Silent => {}
+            Event::Closed => panic!("closed during the outage"),
+        }
+    }
+    a.heartbeat(5);
+    b.heartbeat(6);
+
+    nats.spawn();
+    // The nodes reconnect and rejoin by themselves.
+    wait_routable(&mut a, &mut b);
+    b.data(a.addr, 500, b"back");
+    assert_eq!(a.expect_frame(kind::DATA, 500).payload, b"back");
+    // The directory was written again: a client new to n1 finds b too.
+    let mut fresh = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut fresh, &mut b);
+}
