@@ -1150,6 +1150,7 @@ impl Cluster {
     }
 
     pub async fn close(&mut self) {
+        tracing::info!(stats = ?self.stats, "cluster: link counters");
         let _ = self.client.flush().await;
     }
 }
