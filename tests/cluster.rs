@@ -9,8 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::json::{get_str, get_u64, uuid_str};
 use common::mariadb::TempDir;
-use common::{code, kind, Event, Gateway, TcpClient};
+use common::{code, kind, Event, Gateway, TcpClient, WsClient};
+use serde_json::json;
 use uuid::Uuid;
 
 /// The NATS server binary (Debian's package; `.ci/run` installs it).
@@ -168,6 +170,28 @@ fn data_crosses_nodes_both_ways() {
     let nobody = Uuid::new_v4();
     a.data(nobody, 4, b"x");
     a.expect_error(code::DST_OFFLINE, 4);
+}
+
+#[test]
+fn a_web_page_on_one_node_commands_a_controller_on_another() {
+    let nats = Nats::start();
+    let [n1, n2, _n3] = three_nodes(&nats);
+    let mut controller = TcpClient::hello(n2.tcp_addr(), Uuid::new_v4());
+    let mut probe = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut controller, &mut probe);
+
+    let page = Uuid::new_v4();
+    let mut ws = WsClient::hello_json(n1.ws_addr(), page);
+    ws.send_json(&json!({"kind": "data", "dst": uuid_str(controller.addr), "id": 5, "payload": "{\"set\":\"relay1\",\"on\":true}"}));
+    let cmd = controller.expect_frame(kind::DATA, 5);
+    assert_eq!(cmd.src, page);
+    assert_eq!(cmd.payload, br#"{"set":"relay1","on":true}"#);
+
+    controller.data(page, 6, b"relay1 on");
+    let reply = ws.expect_json("data", 6);
+    assert_eq!(get_str(&reply, "src"), uuid_str(controller.addr));
+    assert_eq!(get_str(&reply, "payload"), "relay1 on");
+    assert_eq!(get_u64(&reply, "id"), 6);
 }
 
 #[test]
