@@ -147,6 +147,12 @@ pub struct PingpongArgs {
     /// Gateway TCP address (127.0.0.0/8 only).
     #[arg(long)]
     pub tcp: Option<String>,
+    /// With --tcp: the b side (the echoing side) of every pair connects to
+    /// and registers at this gateway TCP address instead (127.0.0.0/8 only),
+    /// such as another node of the same cluster, so every pair spans two
+    /// nodes. The a side stays at --tcp.
+    #[arg(long = "peer-tcp", conflicts_with_all = ["ws", "nats", "mqtt"])]
+    pub peer_tcp: Option<String>,
     /// Gateway WebSocket address (127.0.0.0/8 only); the path is /ws. Each
     /// frame travels in one binary message (or JSON text with --json).
     #[arg(long)]
@@ -365,6 +371,14 @@ impl PingpongArgs {
             (.., Some(m)) => (Wire::Mqtt, m),
             _ => unreachable!("clap requires --tcp, --ws, --nats or --mqtt"),
         }
+    }
+
+    /// `--peer-tcp`, checked like the target: inside 127.0.0.0/8.
+    pub fn peer(&self) -> anyhow::Result<Option<SocketAddrV4>> {
+        self.peer_tcp
+            .as_deref()
+            .map(|p| loopback_target(p).context("--peer-tcp"))
+            .transpose()
     }
 }
 
@@ -585,16 +599,19 @@ mod tests {
         assert!(p.common.shared_named("10.0.0.1:1883", "mosquitto").is_err());
     }
 
+    /// `bench-client pingpong` with `extra` arguments, parsed.
+    fn parse_pingpong(extra: &[&str]) -> Result<PingpongArgs, clap::Error> {
+        let mut argv = vec!["b", "pingpong"];
+        argv.extend(extra);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Pingpong(p) => p,
+            _ => panic!("pingpong"),
+        })
+    }
+
     #[test]
     fn pingpong_ws_target_binary_or_json() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["b", "pingpong"];
-            argv.extend(extra);
-            Cli::try_parse_from(argv).map(|cli| match cli.command {
-                Command::Pingpong(p) => p,
-                _ => panic!("pingpong"),
-            })
-        };
+        let parse = parse_pingpong;
         let p = parse(&["--ws", "127.0.0.1:7001"]).unwrap();
         assert_eq!(p.wire_and_target(), (Wire::Ws, "127.0.0.1:7001"));
         let p = parse(&["--ws", "127.0.0.1:7001", "--json"]).unwrap();
@@ -604,5 +621,31 @@ mod tests {
         assert!(parse(&["--tcp", "127.0.0.1:7000", "--json"]).is_err());
         assert!(parse(&["--tcp", "127.0.0.1:7000", "--ws", "127.0.0.1:7001"]).is_err());
         assert!(p.common.shared("10.0.0.1:7001").is_err());
+    }
+
+    #[test]
+    fn pingpong_peer_tcp_only_with_tcp_and_only_loopback() {
+        let parse = parse_pingpong;
+        let p = parse(&["--tcp", "127.0.0.1:7000"]).unwrap();
+        assert_eq!(p.peer().unwrap(), None);
+        let p = parse(&["--tcp", "127.0.0.1:7000", "--peer-tcp", "127.0.0.2:7100"]).unwrap();
+        assert_eq!(p.wire_and_target(), (Wire::Gateway, "127.0.0.1:7000"));
+        assert_eq!(p.peer().unwrap(), Some("127.0.0.2:7100".parse().unwrap()));
+        for outside in ["10.0.0.1:7100", "[::1]:7100", "127.0.0.1:0"] {
+            let p = parse(&["--tcp", "127.0.0.1:7000", "--peer-tcp", outside]).unwrap();
+            assert!(p.peer().is_err(), "{outside}");
+        }
+        let peer = ["--peer-tcp", "127.0.0.1:7100"];
+        for other in [
+            ["--ws", "127.0.0.1:7001"],
+            ["--nats", "127.0.0.1:4222"],
+            ["--mqtt", "127.0.0.1:1883"],
+        ] {
+            assert!(
+                parse(&[&other[..], &peer[..]].concat()).is_err(),
+                "{other:?}"
+            );
+        }
+        assert!(parse(&peer).is_err(), "a target is still required");
     }
 }

@@ -93,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                     .common
                     .shared_named(target, wire.default_target_name())?,
                 wire,
+                peer: args.peer()?,
                 pairs: args.pairs,
                 window: args.window,
                 payload: args.payload,

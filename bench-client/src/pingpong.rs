@@ -32,12 +32,18 @@
 //! `pingpong/ws_wire.rs`.
 //!
 //! Connection setup per wire is in `pingpong/setup.rs`; `fan` uses it too.
+//!
+//! With `--peer-tcp` (gateway TCP wire only) every pair's b side connects
+//! and registers at that address instead of the target, such as a second
+//! node of a cluster: a's DATA and b's echoes then cross nodes, and the
+//! report names the peer.
 
 pub(crate) mod setup;
 mod ws_wire;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::net::SocketAddrV4;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -140,6 +146,10 @@ impl Wire {
 pub struct PingpongConfig {
     pub shared: Shared,
     pub wire: Wire,
+    /// `--peer-tcp` ([`Wire::Gateway`] only): where every pair's b side
+    /// connects and registers instead of `shared.target`, such as another
+    /// node of a cluster, so DATA crosses nodes both ways.
+    pub peer: Option<SocketAddrV4>,
     pub pairs: u32,
     pub window: u32,
     pub payload: u32,
@@ -874,16 +884,22 @@ fn build_report(cfg: &PingpongConfig, o: &Outcome) -> PingpongReport {
     let secs = cfg.duration.as_secs_f64();
     let msgs_per_s = (total.delivered_window as f64 / secs).round();
     let mut table = Table::default();
+    table.row(
+        "target",
+        format!(
+            "{} {} ({})",
+            cfg.shared.target_name,
+            cfg.shared.target,
+            cfg.wire.transport_name()
+        ),
+    );
+    if let Some(peer) = cfg.peer {
+        table.row(
+            "b sides at (--peer-tcp)",
+            format!("{peer} (a sides at the target)"),
+        );
+    }
     table
-        .row(
-            "target",
-            format!(
-                "{} {} ({})",
-                cfg.shared.target_name,
-                cfg.shared.target,
-                cfg.wire.transport_name()
-            ),
-        )
         .row("pairs up / asked", format!("{pairs_up} / {}", cfg.pairs))
         .row(
             "window, payload",
@@ -928,6 +944,11 @@ fn build_report(cfg: &PingpongConfig, o: &Outcome) -> PingpongReport {
     m.insert("scenario", json!("pingpong"));
     m.insert("target", json!(cfg.shared.target_name));
     m.insert("transport", json!(cfg.wire.transport_name()));
+    if let Some(peer) = cfg.peer {
+        // Where the b sides registered: the pairs crossed from the target
+        // to this address (another node).
+        m.insert("peer", json!(peer.to_string()));
+    }
     m.insert("pairs", json!(cfg.pairs));
     m.insert("pairs_up", json!(pairs_up));
     m.insert("window", json!(cfg.window));

@@ -39,9 +39,13 @@ pub(crate) struct TcpConn {
 }
 
 /// Connects and registers every pair with at most `connect_concurrency`
-/// setups in flight. Returns the pairs that made it, failures by reason, and
-/// ERROR frames seen during setup.
+/// setups in flight; b sides at `cfg.peer` when given. Returns the pairs
+/// that made it, failures by reason, and ERROR frames seen during setup.
 pub(super) async fn set_up_pairs(cfg: &PingpongConfig) -> (Vec<PairConns>, Reasons, ErrorCounts) {
+    let b_shared = Shared {
+        target: cfg.peer.unwrap_or(cfg.shared.target),
+        ..cfg.shared.clone()
+    };
     let sem = Rc::new(Semaphore::new(cfg.shared.connect_concurrency as u64));
     let tq = glommio::executor().current_task_queue();
     let mut tasks = Vec::with_capacity(cfg.pairs as usize);
@@ -52,13 +56,13 @@ pub(super) async fn set_up_pairs(cfg: &PingpongConfig) -> (Vec<PairConns>, Reaso
             .acquire_static_permit(units)
             .await
             .expect("semaphore is never closed");
-        let shared = cfg.shared.clone();
+        let (a_shared, b_shared) = (cfg.shared.clone(), b_shared.clone());
         let wire = cfg.wire;
         let task = glommio::spawn_local_into(
             async move {
                 let (a, b) = futures_lite::future::zip(
-                    set_up_one(&shared, wire, 2 * i),
-                    set_up_one(&shared, wire, 2 * i + 1),
+                    set_up_one(&a_shared, wire, 2 * i),
+                    set_up_one(&b_shared, wire, 2 * i + 1),
                 )
                 .await;
                 drop(permit);
