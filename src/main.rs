@@ -199,7 +199,15 @@ fn real_main() -> anyhow::Result<()> {
     cfg.validate()?;
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
+        .or_else(|_| {
+            // The NATS client reports every reconnect attempt at info; the
+            // cluster logs what matters of them itself.
+            let mut level = cfg.log.level.clone();
+            if !level.contains("async_nats") {
+                level.push_str(",async_nats=warn");
+            }
+            tracing_subscriber::EnvFilter::try_new(&level)
+        })
         .context("invalid log filter")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

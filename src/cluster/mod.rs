@@ -858,6 +858,9 @@ impl Cluster {
                     "cluster: NATS dropped messages for a slow subscription"
                 );
             }
+            async_nats::Event::ClientError(e) => {
+                tracing::debug!(error = %e, "cluster: NATS connection attempt failed");
+            }
             other => tracing::info!(event = %other, "cluster: NATS event"),
         }
     }
@@ -1151,7 +1154,8 @@ impl Cluster {
 
     pub async fn close(&mut self) {
         tracing::info!(stats = ?self.stats, "cluster: link counters");
-        let _ = self.client.flush().await;
+        // Bounded: with NATS gone, a flush would wait for a reconnect.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
     }
 }
 
