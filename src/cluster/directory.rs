@@ -27,6 +27,11 @@ impl Cluster {
         self.cache.insert(addr, loc);
     }
 
+    /// Lookups in flight are bounded by `directory_ops_in_flight`.
+    pub(super) fn lookups_full(&self) -> bool {
+        self.lookups.len() >= self.cfg.directory_ops_in_flight
+    }
+
     pub(super) fn can_look_up(&self) -> bool {
         self.kv.is_some() && self.connected()
     }
@@ -182,8 +187,10 @@ impl Cluster {
     }
 
     pub(super) fn schedule(&mut self, addr: Uuid, op: DirOp) {
-        self.dir_next.insert(addr, op);
-        self.dir_ready.push_back(addr);
+        // An address already queued keeps its place, with the newer op.
+        if self.dir_next.insert(addr, op).is_none() {
+            self.dir_ready.push_back(addr);
+        }
         self.pump();
     }
 

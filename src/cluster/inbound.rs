@@ -291,8 +291,10 @@ impl Cluster {
             self.next_sweep = now + Duration::from_secs(self.cfg.directory_ttl_s / 4);
             let all: Vec<(Uuid, u64)> = self.local.iter().map(|(a, l)| (*a, l.since_us)).collect();
             for (addr, since_us) in all {
-                self.dir_next.entry(addr).or_insert(DirOp::Put { since_us });
-                self.dir_ready.push_back(addr);
+                if let std::collections::hash_map::Entry::Vacant(e) = self.dir_next.entry(addr) {
+                    e.insert(DirOp::Put { since_us });
+                    self.dir_ready.push_back(addr);
+                }
             }
             self.pump();
         }

@@ -120,7 +120,8 @@ pub struct ClusterStats {
     pub data_sent: u64,
     pub data_received: u64,
     pub bounced: u64,
-    lookups: u64,
+    pub lookups: u64,
+    pub lookups_refused: u64,
     pub directory_writes: u64,
     pub directory_errors: u64,
     pub nodes_down: u64,
@@ -402,7 +403,8 @@ impl Cluster {
                     self.bounce_local(it, frame, ErrorCode::DstOffline);
                     return;
                 }
-                if self.waiting_bytes + frame.len() > self.cfg.pending_bytes {
+                if self.lookups_full() || self.waiting_bytes + frame.len() > self.cfg.pending_bytes
+                {
                     self.bounce_local(it, frame, ErrorCode::SlowConsumer);
                     return;
                 }
@@ -425,6 +427,11 @@ impl Cluster {
         let at = match self.cached(&addr) {
             Some(Loc::At { node, since_us }) => Some((node, since_us)),
             Some(Loc::Nowhere { .. }) => None,
+            // At the lookup bound the answer is "offline" (counted).
+            None if self.lookups_full() => {
+                self.stats.lookups_refused += 1;
+                None
+            }
             None if self.can_look_up() => {
                 let w = Waiting {
                     thens: vec![then],
