@@ -194,6 +194,87 @@ fn a_web_page_on_one_node_commands_a_controller_on_another() {
     assert_eq!(get_u64(&reply, "id"), 6);
 }
 
+/// Publishes `payload` on `subject` with the NATS text protocol and waits
+/// for the server's PONG, so the message is out before this returns.
+fn nats_publish(nats: &Nats, msgs: &[(&str, Vec<u8>)]) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", nats.port)).expect("connect to nats");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = b"CONNECT {\"verbose\":false}\r\n".to_vec();
+    for (subject, payload) in msgs {
+        out.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"PING\r\n");
+    s.write_all(&out).expect("publish");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("PONG") {
+        let n = s.read(&mut buf).expect("read from nats");
+        assert!(n > 0, "nats closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn garbage_on_the_cluster_subjects_reaches_no_client_and_breaks_nothing() {
+    let nats = Nats::start();
+    let [n1, n2, _n3] = three_nodes(&nats);
+    let mut a = TcpClient::hello(n1.tcp_addr(), Uuid::new_v4());
+    let mut b = TcpClient::hello(n2.tcp_addr(), Uuid::new_v4());
+    wait_routable(&mut a, &mut b);
+
+    // A message header as the nodes write it: version 1, the sender's
+    // name, its incarnation.
+    let header = |name: &str| {
+        let mut h = vec![1u8, name.len() as u8];
+        h.extend_from_slice(name.as_bytes());
+        h.extend_from_slice(&7u64.to_be_bytes());
+        h
+    };
+    // A DATA record carrying `frame` from connection (0, 0, 0).
+    let data_record = |frame: &[u8]| {
+        let mut r = vec![1u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        r.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        r.extend_from_slice(frame);
+        r
+    };
+    // Frames for b that are not whole DATA frames: a length that lies, a
+    // kind that is not DATA, a bare header cut short.
+    let mut lying = common::Frame::new(kind::DATA, a.addr, b.addr, 1, b"abc".to_vec()).encode();
+    lying[7] = 200;
+    let welcome = common::Frame::new(kind::WELCOME, Uuid::nil(), b.addr, 2, vec![0; 16]).encode();
+    let short = lying[..30].to_vec();
+    let mut node_msg = header("evil");
+    for f in [&lying, &welcome, &short] {
+        node_msg.extend(data_record(f));
+    }
+    let mut cut = header("evil");
+    cut.extend_from_slice(&data_record(b"0123456789")[..9]);
+    let garbage = common::random_bytes(3000);
+    nats_publish(
+        &nats,
+        &[
+            ("gw.node.n2", node_msg),
+            ("gw.node.n2", cut),
+            ("gw.node.n2", garbage.clone()),
+            ("gw.presence", [header("evil"), vec![1, 2, 3]].concat()),
+            ("gw.presence", garbage.clone()),
+            ("gw.state", [header("evil"), vec![0; 27]].concat()),
+            ("gw.hb", garbage.clone()),
+            ("gw.hb", vec![]),
+        ],
+    );
+    b.expect_silence(Duration::from_millis(500));
+
+    // Both nodes still route, both ways.
+    a.data(b.addr, 3, b"still here");
+    assert_eq!(b.expect_frame(kind::DATA, 3).payload, b"still here");
+    b.data(a.addr, 4, b"and back");
+    assert_eq!(a.expect_frame(kind::DATA, 4).payload, b"and back");
+}
+
 #[test]
 fn ten_thousand_frames_keep_their_order_across_nodes() {
     let nats = Nats::start();

@@ -63,7 +63,9 @@ impl Cluster {
         for r in wire::NodeRecords(records) {
             match r {
                 Ok(wire::NodeRecord::Data { from, frame }) => {
-                    if frame.len() < crate::proto::HEADER_LEN {
+                    if !is_data_frame(frame) {
+                        // Only whole DATA frames go to clients, whatever a
+                        // publisher on the subject sent.
                         self.stats.bad_messages += 1;
                         continue;
                     }
@@ -299,4 +301,13 @@ impl Cluster {
             self.pump();
         }
     }
+}
+
+/// Whether `frame` is one whole binary DATA frame of version 1.
+fn is_data_frame(frame: &[u8]) -> bool {
+    crate::proto::Header::parse(frame).is_some_and(|h| {
+        h.version == crate::proto::VERSION
+            && h.kind == crate::proto::Kind::Data as u8
+            && h.len as usize + crate::proto::HEADER_LEN == frame.len()
+    })
 }
