@@ -270,5 +270,13 @@ impl Cluster {
             self.dir_ready.push_back(addr);
         }
         self.pump();
+        if self.dir_next.is_empty() && self.dir_ops.is_empty() && self.dir_next.capacity() > 4096 {
+            // A burst (a sweep, a reconnect) is written: give its memory back
+            // (what is left in the ready queue has nothing to do).
+            self.dir_ready.clear();
+            self.dir_next.shrink_to_fit();
+            self.dir_ready.shrink_to_fit();
+            self.dir_busy.shrink_to_fit();
+        }
     }
 }
