@@ -163,8 +163,13 @@ impl Cluster {
                 }
                 return;
             }
-        } else if matches!(self.cache.get(&r.addr), Some(Loc::At { node: n, .. }) if *n == node) {
-            self.cache.remove(&r.addr);
+        } else if self.waiting.contains_key(&r.addr)
+            || matches!(self.cache.get(&r.addr), Some(Loc::At { node: n, .. }) if *n == node)
+        {
+            // Newer than any lookup running now (which may have read the
+            // entry before its delete): what waits for it sees "nowhere".
+            let nowhere = self.nowhere();
+            self.cache_put(r.addr, nowhere);
         }
         self.emit(
             shard,

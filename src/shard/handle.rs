@@ -620,6 +620,9 @@ impl ShardState {
         let n = self.subs.watchers(&addr).len();
         for i in 0..n {
             let w = self.subs.watchers(&addr)[i];
+            if self.awaits_first_answer(addr, w) {
+                continue;
+            }
             if w.shard as usize == self.id {
                 self.send_state(w.conn, 0, addr, updated_at_us, online, &blob);
             } else {
@@ -810,7 +813,12 @@ impl ShardState {
     /// Goes on with what waited for a `Locate`.
     pub fn then(&mut self, addr: Uuid, online: bool, since_us: u64, then: Then) {
         match then {
-            Then::Presence { sub, id } => self.answer_presence(sub, id, addr, online, since_us),
+            Then::Presence { sub, id } => {
+                if let Some(i) = self.locating.iter().position(|e| *e == (addr, sub)) {
+                    self.locating.swap_remove(i);
+                }
+                self.answer_presence(sub, id, addr, online, since_us)
+            }
             Then::State {
                 to,
                 updated_at_us,

@@ -259,6 +259,9 @@ pub struct ShardState {
     /// Cluster: watched addresses (owned here) that are online on another
     /// node, with the node and since when. Only watched addresses are kept.
     pub remote_online: HashMap<Uuid, (u16, u64)>,
+    /// Cluster: SUBSCRIBEs whose first PRESENCE waits for a lookup (one
+    /// entry per `Locate` in flight; each is answered).
+    pub locating: Vec<(Uuid, SubRef)>,
 }
 
 impl ShardState {
@@ -316,6 +319,7 @@ impl ShardState {
             remote_bytes: Vec::new(),
             remote_items: Vec::new(),
             remote_online: HashMap::new(),
+            locating: Vec::new(),
             cfg,
         }
     }
@@ -658,6 +662,9 @@ impl ShardState {
         let n = self.subs.watchers(&addr).len();
         for i in 0..n {
             let w = self.subs.watchers(&addr)[i];
+            if self.awaits_first_answer(addr, w) {
+                continue;
+            }
             if w.shard as usize == self.id {
                 self.send_presence(w.conn, 0, addr, online, at_us);
             } else {
@@ -689,7 +696,11 @@ impl ShardState {
                     addr: watched,
                     then,
                 }) {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        // No push reaches it before its first answer.
+                        self.locating.push((watched, sub));
+                        return;
+                    }
                     Err(_) => (false, self.presence.offline_since(&watched)),
                 }
             }
@@ -721,6 +732,12 @@ impl ShardState {
                 },
             );
         }
+    }
+
+    /// Whether watcher `sub` of `addr` still waits for the PRESENCE that
+    /// answers its SUBSCRIBE (a cluster lookup is running): pushes wait.
+    pub fn awaits_first_answer(&self, addr: Uuid, sub: SubRef) -> bool {
+        !self.locating.is_empty() && self.locating.contains(&(addr, sub))
     }
 
     /// On the owner shard of `watched`: watcher `sub` is gone.
