@@ -121,6 +121,21 @@ pub struct ServiceSlot {
     pub failed_commits: AtomicU64,
     pub batch_rows: Histogram<8>,
     pub commit_latency_us: Histogram<12>,
+    pub cluster: ClusterSlot,
+}
+
+/// The cluster link's figures (reported only when `[cluster]` is on).
+#[derive(Default)]
+pub struct ClusterSlot {
+    pub on: AtomicBool,
+    pub connected: AtomicBool,
+    pub nodes_alive: AtomicU64,
+    pub data_sent: AtomicU64,
+    pub data_received: AtomicU64,
+    pub bounced: AtomicU64,
+    pub lookups: AtomicU64,
+    pub directory_errors: AtomicU64,
+    pub bad_messages: AtomicU64,
 }
 
 pub struct Registry {
@@ -158,6 +173,7 @@ impl Registry {
                 failed_commits: AtomicU64::new(0),
                 batch_rows: Histogram::new(BATCH_BUCKETS),
                 commit_latency_us: Histogram::new(LATENCY_BUCKETS_US),
+                cluster: ClusterSlot::default(),
             },
             counter_names,
         })
@@ -335,6 +351,63 @@ impl Registry {
         for (name, kind, text, value) in scalars {
             help(&mut out, name, kind, text);
             let _ = writeln!(out, "{name} {value}");
+        }
+        let c = &sv.cluster;
+        if c.on.load(Relaxed) {
+            let cluster: [(&str, &str, &str, u64); 8] = [
+                (
+                    "gateway_cluster_connected",
+                    "gauge",
+                    "1 while the link to NATS is up.",
+                    u64::from(c.connected.load(Relaxed)),
+                ),
+                (
+                    "gateway_cluster_nodes_alive",
+                    "gauge",
+                    "Other nodes heard from within node_timeout_ms.",
+                    c.nodes_alive.load(Relaxed),
+                ),
+                (
+                    "gateway_cluster_data_sent_total",
+                    "counter",
+                    "DATA frames sent to other nodes.",
+                    c.data_sent.load(Relaxed),
+                ),
+                (
+                    "gateway_cluster_data_received_total",
+                    "counter",
+                    "DATA frames received from other nodes.",
+                    c.data_received.load(Relaxed),
+                ),
+                (
+                    "gateway_cluster_bounced_total",
+                    "counter",
+                    "DATA frames that could not reach another node's address.",
+                    c.bounced.load(Relaxed),
+                ),
+                (
+                    "gateway_cluster_lookups_total",
+                    "counter",
+                    "Directory lookups.",
+                    c.lookups.load(Relaxed),
+                ),
+                (
+                    "gateway_cluster_directory_errors_total",
+                    "counter",
+                    "Directory reads and writes that failed.",
+                    c.directory_errors.load(Relaxed),
+                ),
+                (
+                    "gateway_cluster_bad_messages_total",
+                    "counter",
+                    "Messages on the cluster's subjects that did not parse.",
+                    c.bad_messages.load(Relaxed),
+                ),
+            ];
+            for (name, kind, text, value) in cluster {
+                help(&mut out, name, kind, text);
+                let _ = writeln!(out, "{name} {value}");
+            }
         }
         help(
             &mut out,

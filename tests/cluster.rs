@@ -170,6 +170,37 @@ fn data_crosses_nodes_both_ways() {
     let nobody = Uuid::new_v4();
     a.data(nobody, 4, b"x");
     a.expect_error(code::DST_OFFLINE, 4);
+
+    // Node 1's /metrics tells of the link.
+    let m = scrape(n1.ws_addr());
+    assert_eq!(metric(&m, "gateway_cluster_connected"), 1, "{m}");
+    assert_eq!(metric(&m, "gateway_cluster_nodes_alive"), 2, "{m}");
+    assert!(metric(&m, "gateway_cluster_data_sent_total") >= 1, "{m}");
+    assert!(
+        metric(&m, "gateway_cluster_data_received_total") >= 2,
+        "{m}"
+    );
+    assert!(metric(&m, "gateway_cluster_lookups_total") >= 1, "{m}");
+}
+
+/// GET /metrics from a node's WebSocket port (allowed from loopback).
+fn scrape(ws: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(ws).expect("connect to the ws port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {ws}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("the answer, then close");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw
+}
+
+/// The value of an unlabelled sample in a scrape.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name}"))
 }
 
 #[test]

@@ -604,6 +604,22 @@ impl Cluster {
         }
     }
 
+    /// Copies the link's figures into the metrics registry.
+    pub fn publish(&self, m: &crate::metrics::ClusterSlot) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        m.on.store(true, Relaxed);
+        m.connected.store(self.connected(), Relaxed);
+        let alive = self.nodes.iter().filter(|n| n.alive).count();
+        m.nodes_alive.store(alive as u64, Relaxed);
+        m.data_sent.store(s.data_sent, Relaxed);
+        m.data_received.store(s.data_received, Relaxed);
+        m.bounced.store(s.bounced, Relaxed);
+        m.lookups.store(s.lookups, Relaxed);
+        m.directory_errors.store(s.directory_errors, Relaxed);
+        m.bad_messages.store(s.bad_messages, Relaxed);
+    }
+
     pub async fn close(&mut self) {
         tracing::info!(stats = ?self.stats, "cluster: link counters");
         // Bounded: with NATS gone, a flush would wait for a reconnect.

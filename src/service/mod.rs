@@ -109,7 +109,7 @@ async fn run(
     };
     let shutdown_flush = Duration::from_millis(store.shutdown_flush_ms);
     let (got_tx, mut got_rx) = mpsc::unbounded_channel();
-    let mut state = StateService::new(store, shards.clone(), got_tx, metrics);
+    let mut state = StateService::new(store, shards.clone(), got_tx, metrics.clone());
     tracing::info!(store = %state.describe(), "state store configured");
     let mut tasks = Tasks {
         open: state.ensure_open(),
@@ -185,6 +185,7 @@ async fn run(
         state.send_replies().await;
         if let Some(c) = cluster.as_mut() {
             c.flush().await;
+            c.publish(&metrics.service.cluster);
         }
         state.publish();
     }
