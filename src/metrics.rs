@@ -310,7 +310,7 @@ impl Registry {
             );
         }
         let sv = &self.service;
-        let scalars: [(&str, &str, &str, u64); 6] = [
+        let mut scalars: Vec<(&str, &str, &str, u64)> = vec![
             (
                 "gateway_store_up",
                 "gauge",
@@ -348,13 +348,9 @@ impl Registry {
                 self.started.elapsed().as_secs(),
             ),
         ];
-        for (name, kind, text, value) in scalars {
-            help(&mut out, name, kind, text);
-            let _ = writeln!(out, "{name} {value}");
-        }
         let c = &sv.cluster;
         if c.on.load(Relaxed) {
-            let cluster: [(&str, &str, &str, u64); 8] = [
+            scalars.extend([
                 (
                     "gateway_cluster_connected",
                     "gauge",
@@ -403,11 +399,11 @@ impl Registry {
                     "Messages on the cluster's subjects that did not parse.",
                     c.bad_messages.load(Relaxed),
                 ),
-            ];
-            for (name, kind, text, value) in cluster {
-                help(&mut out, name, kind, text);
-                let _ = writeln!(out, "{name} {value}");
-            }
+            ]);
+        }
+        for (name, kind, text, value) in scalars {
+            help(&mut out, name, kind, text);
+            let _ = writeln!(out, "{name} {value}");
         }
         help(
             &mut out,

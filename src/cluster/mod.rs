@@ -335,16 +335,18 @@ impl Cluster {
     }
 
     fn push_presence(&mut self, rec: PresenceRecord) {
-        if self.out_presence.len() + 25 > MESSAGE_BYTES {
-            let full = std::mem::take(&mut self.out_presence);
-            self.ready.push((self.subjects.presence.clone(), full));
-        }
-        if self.out_presence.is_empty() {
-            let me = self.me();
-            let mut b = Vec::with_capacity(4096);
-            wire::put_header(&mut b, &me);
-            self.out_presence = b;
-        }
+        let me = Sender {
+            name: &self.name,
+            incarnation: self.incarnation,
+        };
+        let subject = &self.subjects.presence;
+        make_room(
+            &mut self.out_presence,
+            25,
+            || subject.clone(),
+            &mut self.ready,
+            &me,
+        );
         wire::put_presence(&mut self.out_presence, rec);
     }
 
@@ -357,16 +359,18 @@ impl Cluster {
         if wire::header_len(&self.name) + need > MESSAGE_BYTES {
             return;
         }
-        if self.out_state.len() + need > MESSAGE_BYTES {
-            let full = std::mem::take(&mut self.out_state);
-            self.ready.push((self.subjects.state.clone(), full));
-        }
-        if self.out_state.is_empty() {
-            let me = self.me();
-            let mut b = Vec::with_capacity(4096);
-            wire::put_header(&mut b, &me);
-            self.out_state = b;
-        }
+        let me = Sender {
+            name: &self.name,
+            incarnation: self.incarnation,
+        };
+        let subject = &self.subjects.state;
+        make_room(
+            &mut self.out_state,
+            need,
+            || subject.clone(),
+            &mut self.ready,
+            &me,
+        );
         wire::put_state(&mut self.out_state, addr, updated_at_us, blob);
     }
 
@@ -461,25 +465,15 @@ impl Cluster {
     // ----- to other nodes -------------------------------------------------
 
     fn node_buf(&mut self, node: u16, need: usize) -> &mut Vec<u8> {
-        let full = self
-            .out_node
-            .get(&node)
-            .is_some_and(|b| b.len() + need > MESSAGE_BYTES);
-        if full {
-            let b = self.out_node.remove(&node).expect("checked");
-            let subject = format!(
-                "{}{}",
-                self.subjects.node_prefix, self.nodes[node as usize].name
-            );
-            self.ready.push((subject, b));
-        }
-        let header = {
-            let me = self.me();
-            let mut b = Vec::with_capacity(16 * 1024);
-            wire::put_header(&mut b, &me);
-            b
+        let me = Sender {
+            name: &self.name,
+            incarnation: self.incarnation,
         };
-        self.out_node.entry(node).or_insert(header)
+        let (prefix, nodes) = (&self.subjects.node_prefix, &self.nodes);
+        let buf = self.out_node.entry(node).or_default();
+        let subject = || format!("{prefix}{}", nodes[node as usize].name);
+        make_room(buf, need, subject, &mut self.ready, &me);
+        buf
     }
 
     fn send_data(&mut self, node: u16, it: RemoteItem, frame: &[u8]) {
@@ -564,15 +558,7 @@ impl Cluster {
                 tracing::debug!(%subject, error = %e, "cluster: publish failed");
             }
         }
-        for (shard, out) in self.events.iter_mut().enumerate() {
-            if out.is_empty() {
-                continue;
-            }
-            let events = std::mem::take(out);
-            if self.shards[shard].send(events).await.is_err() {
-                tracing::debug!(shard, "shard gone; dropping its cluster events");
-            }
-        }
+        crate::service::send_batches(&self.shards, &mut self.events, "cluster events").await;
     }
 
     /// NATS is down: DATA in an unsent message is answered `dst_offline`;
@@ -624,6 +610,25 @@ impl Cluster {
         tracing::info!(stats = ?self.stats, "cluster: link counters");
         // Bounded: with NATS gone, a flush would wait for a reconnect.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
+    }
+}
+
+/// Makes room for `need` more bytes in the message being built in `buf`:
+/// a message that would grow past `MESSAGE_BYTES` goes to `ready` (named by
+/// `subject`), and an empty one starts with the header.
+fn make_room(
+    buf: &mut Vec<u8>,
+    need: usize,
+    subject: impl FnOnce() -> String,
+    ready: &mut Vec<(String, Vec<u8>)>,
+    me: &Sender<'_>,
+) {
+    if buf.len() > wire::header_len(me.name) && buf.len() + need > MESSAGE_BYTES {
+        ready.push((subject(), std::mem::take(buf)));
+    }
+    if buf.is_empty() {
+        buf.reserve(16 * 1024);
+        wire::put_header(buf, me);
     }
 }
 

@@ -332,6 +332,23 @@ async fn shut_down(
     broadcast(shards, ServiceEvent::Shutdown).await;
 }
 
+/// Sends each shard its gathered events as one batch; a shard that is gone
+/// (shutdown) loses its batch, which is logged.
+pub(crate) async fn send_batches(
+    shards: &[mpsc::Sender<Vec<ServiceEvent>>],
+    out: &mut [Vec<ServiceEvent>],
+    what: &'static str,
+) {
+    for (shard, events) in out.iter_mut().enumerate() {
+        if events.is_empty() {
+            continue;
+        }
+        if shards[shard].send(std::mem::take(events)).await.is_err() {
+            tracing::debug!(shard, what, "shard gone; dropping its batch");
+        }
+    }
+}
+
 async fn broadcast(shards: &[mpsc::Sender<Vec<ServiceEvent>>], ev: ServiceEvent) {
     for (i, tx) in shards.iter().enumerate() {
         let ev = match &ev {

@@ -387,15 +387,7 @@ impl StateService {
 
     /// Sends what this wakeup produced, one batch per shard.
     pub async fn send_replies(&mut self) {
-        for (shard, out) in self.replies.iter_mut().enumerate() {
-            if out.is_empty() {
-                continue;
-            }
-            let events = std::mem::take(out);
-            if self.shards[shard].send(events).await.is_err() {
-                tracing::debug!(shard, "shard gone; dropping its state replies");
-            }
-        }
+        super::send_batches(&self.shards, &mut self.replies, "state replies").await;
     }
 
     // ----- the database -------------------------------------------------
