@@ -32,7 +32,9 @@ const GETS_IN_FLIGHT_MAX: usize = 1024;
 struct Pending {
     from: Origin,
     addr: Uuid,
-    blob: Vec<u8>,
+    /// Made once from the shard's copy; the commit, the cache and the
+    /// STATE pushes share it.
+    blob: Arc<[u8]>,
     updated_at_us: u64,
     queued_ms: u64,
 }
@@ -218,7 +220,7 @@ impl StateService {
         self.queue.push_back(Pending {
             from,
             addr,
-            blob,
+            blob: blob.into(),
             updated_at_us: now_us(),
             queued_ms,
         });
@@ -565,7 +567,7 @@ impl StateService {
                             updated_at_us: w.updated_at_us,
                         },
                     );
-                    let blob: Arc<[u8]> = w.blob.into();
+                    let blob = w.blob;
                     self.cache.put(w.addr, blob.clone(), w.updated_at_us);
                     if self.announce {
                         self.committed_out
@@ -739,5 +741,74 @@ mod tests {
             c.put(Uuid::new_v4(), Arc::from(&b"x"[..]), i);
             assert!(c.map.len() <= 10);
         }
+    }
+
+    /// Two batches in flight: a second write of an address whose first write
+    /// is still committing waits for it (and does not hold up the others), so
+    /// each address's writes are acknowledged and stored in the order sent.
+    #[tokio::test]
+    async fn an_address_waits_for_its_batch_in_flight() {
+        let dir = std::env::temp_dir().join(format!(
+            "gateway-state-order-{}-{}",
+            std::process::id(),
+            Uuid::new_v4()
+        ));
+        let cfg = config::Store {
+            data_dir: dir.clone(),
+            commits_in_flight: 2,
+            ..config::Store::default()
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let (got_tx, _got_rx) = mpsc::unbounded_channel();
+        let mut s = StateService::new(cfg, vec![tx], got_tx, Registry::new(1, &[]));
+        let open = s.ensure_open().expect("opens");
+        s.opened(open.await);
+        let from = |id| Origin {
+            shard: 0,
+            conn: crate::routing::ConnKey { slot: 0, gen: 0 },
+            id,
+        };
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+
+        s.put(from(1), a, b"a1".to_vec());
+        let first = tokio::spawn(s.maybe_commit(true).expect("first batch"));
+        s.put(from(2), a, b"a2".to_vec());
+        s.put(from(3), b, b"b1".to_vec());
+        let second = tokio::spawn(s.maybe_commit(true).expect("second batch: b1"));
+        assert!(s.maybe_commit(true).is_none(), "at most two in flight");
+        assert_eq!(s.queued(), 1, "a2 waits for a1's batch");
+
+        s.committed(second.await);
+        assert!(
+            s.maybe_commit(true).is_none(),
+            "a2 still waits while a1 commits"
+        );
+        s.committed(first.await);
+        let third = tokio::spawn(s.maybe_commit(true).expect("third batch: a2"));
+        s.committed(third.await);
+        assert!(s.is_idle());
+        s.send_replies().await;
+
+        let mut acks = Vec::new();
+        let mut stored = HashMap::new();
+        while let Ok(batch) = rx.try_recv() {
+            for ev in batch {
+                match ev {
+                    ServiceEvent::StateAck { id, .. } => acks.push(id),
+                    ServiceEvent::StateCommitted { addr, blob, .. } => {
+                        stored.insert(addr, blob.to_vec());
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(acks, [3, 1, 2]);
+        assert_eq!(stored[&a], b"a2");
+        assert_eq!(stored[&b], b"b1");
+        let store = s.store.clone().expect("open");
+        let row = store.get_state(a).await.expect("read").expect("stored");
+        assert_eq!(row.blob, b"a2");
+        s.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -46,7 +46,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateRow {
     pub addr: uuid::Uuid,
-    pub blob: Vec<u8>,
+    /// Shared with the service's cache and the STATE pushes, not copied.
+    pub blob: std::sync::Arc<[u8]>,
     pub updated_at_us: u64,
 }
 

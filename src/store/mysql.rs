@@ -322,7 +322,7 @@ fn state_params(chunk: &[&StateRow]) -> Params {
     let mut values = Vec::with_capacity(chunk.len() * 3);
     for row in chunk {
         values.push(Value::Bytes(row.addr.as_bytes().to_vec()));
-        values.push(Value::Bytes(row.blob.clone()));
+        values.push(Value::Bytes(row.blob.to_vec()));
         values.push(Value::UInt(row.updated_at_us));
     }
     Params::Positional(values)

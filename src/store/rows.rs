@@ -123,7 +123,7 @@ mod tests {
     fn state(addr: Uuid, blob: &[u8]) -> StateRow {
         StateRow {
             addr,
-            blob: blob.to_vec(),
+            blob: blob.into(),
             updated_at_us: 1,
         }
     }

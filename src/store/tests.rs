@@ -149,7 +149,7 @@ async fn open(cfg: &StoreConfig) -> Store {
 fn state(addr: Uuid, blob: &[u8], updated_at_us: u64) -> StateRow {
     StateRow {
         addr,
-        blob: blob.to_vec(),
+        blob: blob.into(),
         updated_at_us,
     }
 }
@@ -458,7 +458,7 @@ async fn a_commit_larger_than_a_packet(cfg: StoreConfig) {
     for row in &rows {
         assert_eq!(
             stored(&store, row.addr).await,
-            Some((row.blob.clone(), row.updated_at_us))
+            Some((row.blob.to_vec(), row.updated_at_us))
         );
     }
     store.close().await;
