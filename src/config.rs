@@ -388,7 +388,7 @@ impl Default for Store {
             sqlite_cache_kib: 512,
             batch_rows: 512,
             batch_rows_max: 8192,
-            commits_in_flight: 1,
+            commits_in_flight: 2,
             batch_interval_ms: 5,
             queue_capacity: 262_144,
             cache_entries: 100_000,
