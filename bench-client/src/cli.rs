@@ -80,6 +80,12 @@ pub struct StateArgs {
     /// and the latency is not just writers / throughput.
     #[arg(long = "rate-per-writer", default_value_t = 0.0)]
     pub rate_per_writer: f64,
+    /// Writer i registers an address derived from (seed, i), the same in
+    /// every run, so repeated runs update the same rows of the gateway's
+    /// store instead of adding `writers` new ones each time. Without it,
+    /// new random addresses.
+    #[arg(long = "address-seed")]
+    pub address_seed: Option<u64>,
     /// Longest wait for one STATE_ACK; a write still unacknowledged then is
     /// reported as timed out and its writer stops.
     #[arg(long = "ack-timeout-s", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]

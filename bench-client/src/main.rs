@@ -132,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 warmup: Duration::from_secs(args.warmup_s),
                 ack_timeout: Duration::from_secs(args.ack_timeout_s),
                 rate_per_writer: args.rate_per_writer,
+                address_seed: args.address_seed,
             };
             (args.common, Job::State(cfg))
         }

@@ -32,6 +32,7 @@ pub struct StateConfig {
     pub warmup: Duration,
     pub ack_timeout: Duration,
     pub rate_per_writer: f64,
+    pub address_seed: Option<u64>,
 }
 
 pub struct StateReport {
@@ -184,6 +185,7 @@ pub async fn run(cfg: StateConfig) -> anyhow::Result<StateReport> {
     json_line.insert("writers_up", json!(writers_up));
     json_line.insert("payload", json!(cfg.payload));
     json_line.insert("rate_per_writer", json!(cfg.rate_per_writer));
+    json_line.insert("address_seed", json!(cfg.address_seed));
     json_line.insert("duration_s", json!(measured_s));
     json_line.insert("acks_per_s", json!(acks_per_s.round()));
     latency.add_to("ack_", &mut json_line);
@@ -314,9 +316,10 @@ async fn set_up(cfg: &StateConfig) -> (Vec<(Conn, Addr)>, Reasons) {
             .await
             .expect("semaphore is never closed");
         let shared = cfg.shared.clone();
+        let seed = cfg.address_seed;
         let task = glommio::spawn_local_into(
             async move {
-                let addr = uuid::Uuid::new_v4().into_bytes();
+                let addr = writer_address(seed, i).into_bytes();
                 let source = conn::source_addr(i, shared.source_addrs);
                 let timeout = shared.setup_timeout;
                 let setup = async {
@@ -346,4 +349,26 @@ async fn set_up(cfg: &StateConfig) -> (Vec<(Conn, Addr)>, Reasons) {
         }
     }
     (conns, failures)
+}
+
+/// Writer `i`'s address: derived from (seed, i) when a seed is given, so it
+/// is the same in every run; otherwise random.
+fn writer_address(seed: Option<u64>, i: u64) -> uuid::Uuid {
+    match seed {
+        Some(seed) => uuid::Uuid::new_v5(&uuid::Uuid::from_u64_pair(seed, 0), &i.to_be_bytes()),
+        None => uuid::Uuid::new_v4(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writer_address;
+
+    #[test]
+    fn seeded_addresses_repeat_across_runs_and_differ_per_writer() {
+        assert_eq!(writer_address(Some(1), 7), writer_address(Some(1), 7));
+        assert_ne!(writer_address(Some(1), 7), writer_address(Some(1), 8));
+        assert_ne!(writer_address(Some(1), 7), writer_address(Some(2), 7));
+        assert_ne!(writer_address(None, 7), writer_address(None, 7));
+    }
 }
