@@ -117,8 +117,8 @@ impl Sim {
         writer.busy = true;
         writer.id += 1;
         writer.sent_at = now;
-        let mut blob = self.blob.clone();
-        blob[..8].copy_from_slice(&writer.id.to_be_bytes());
+        self.blob[..8].copy_from_slice(&writer.id.to_be_bytes());
+        let blob = std::sync::Arc::from(&self.blob[..]);
         self.outbox[writer.shard as usize].push(ServiceReq::StatePut {
             from: Origin {
                 shard: writer.shard,

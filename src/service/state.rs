@@ -32,8 +32,8 @@ const GETS_IN_FLIGHT_MAX: usize = 1024;
 struct Pending {
     from: Origin,
     addr: Uuid,
-    /// Made once from the shard's copy; the commit, the cache and the
-    /// STATE pushes share it.
+    /// The shard's one copy, shared by the commit, the cache and the STATE
+    /// pushes.
     blob: Arc<[u8]>,
     updated_at_us: u64,
     queued_ms: u64,
@@ -200,7 +200,7 @@ impl StateService {
 
     // ----- requests -----------------------------------------------------
 
-    pub fn put(&mut self, from: Origin, addr: Uuid, blob: Vec<u8>) {
+    pub fn put(&mut self, from: Origin, addr: Uuid, blob: Arc<[u8]>) {
         let too_big = self
             .store
             .as_ref()
@@ -220,7 +220,7 @@ impl StateService {
         self.queue.push_back(Pending {
             from,
             addr,
-            blob: blob.into(),
+            blob,
             updated_at_us: now_us(),
             queued_ms,
         });
@@ -770,10 +770,10 @@ mod tests {
         };
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
 
-        s.put(from(1), a, b"a1".to_vec());
+        s.put(from(1), a, Arc::from(&b"a1"[..]));
         let first = tokio::spawn(s.maybe_commit(true).expect("first batch"));
-        s.put(from(2), a, b"a2".to_vec());
-        s.put(from(3), b, b"b1".to_vec());
+        s.put(from(2), a, Arc::from(&b"a2"[..]));
+        s.put(from(3), b, Arc::from(&b"b1"[..]));
         let second = tokio::spawn(s.maybe_commit(true).expect("second batch: b1"));
         assert!(s.maybe_commit(true).is_none(), "at most two in flight");
         assert_eq!(s.queued(), 1, "a2 waits for a1's batch");

@@ -12,6 +12,7 @@ use crate::service::now_us;
 use glommio::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// What the transport does after a frame.
@@ -129,7 +130,7 @@ impl ShardState {
                 let req = ServiceReq::StatePut {
                     from: self.origin(key, header.id),
                     addr: header.src,
-                    blob: payload.to_vec(),
+                    blob: Arc::from(payload),
                 };
                 self.ask_store(key, reply, header.id, req);
                 Flow::Continue

@@ -138,7 +138,9 @@ pub enum ServiceReq {
     StatePut {
         from: Origin,
         addr: Uuid,
-        blob: Vec<u8>,
+        /// Copied once out of the read buffer; the commit, the cache and
+        /// the STATE pushes share it.
+        blob: Arc<[u8]>,
     },
     /// STATE_GET of `addr` from `from`.
     StateGet { from: Origin, addr: Uuid },
