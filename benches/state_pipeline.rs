@@ -51,18 +51,19 @@ struct Args {
     duration_s: u64,
     #[arg(long = "warmup-s", default_value_t = 2)]
     warmup_s: u64,
-    /// `[store] batch_rows`.
-    #[arg(long = "batch-rows", default_value_t = 512)]
-    batch_rows: usize,
+    /// `[store] batch_rows`; the gateway's default when not given (as for
+    /// the three below).
+    #[arg(long = "batch-rows")]
+    batch_rows: Option<usize>,
     /// `[store] batch_rows_max`.
-    #[arg(long = "batch-rows-max", default_value_t = 8192)]
-    batch_rows_max: usize,
+    #[arg(long = "batch-rows-max")]
+    batch_rows_max: Option<usize>,
     /// `[store] batch_interval_ms`.
-    #[arg(long = "batch-interval-ms", default_value_t = 5)]
-    batch_interval_ms: u64,
+    #[arg(long = "batch-interval-ms")]
+    batch_interval_ms: Option<u64>,
     /// `[store] commits_in_flight`.
-    #[arg(long = "commits-in-flight", default_value_t = 1)]
-    commits_in_flight: usize,
+    #[arg(long = "commits-in-flight")]
+    commits_in_flight: Option<usize>,
     /// Writer i's address is derived from (seed, i), so every run writes
     /// the same rows and the table stays at `writers` rows; 0 = new random
     /// addresses each run (the table grows by `writers` rows per run).
@@ -194,15 +195,22 @@ fn main() {
     let shards = args.shards.max(1) as usize;
     let data_dir = std::env::temp_dir().join(format!("state-pipeline-{}", std::process::id()));
     let mysql_url = std::env::var("GATEWAY_MYSQL_URL").unwrap_or_default();
+    let defaults = Store::default();
     let store = Store {
         mysql_url: mysql_url.clone(),
         data_dir: data_dir.clone(),
-        batch_rows: args.batch_rows,
-        batch_rows_max: args.batch_rows_max,
-        batch_interval_ms: args.batch_interval_ms,
-        commits_in_flight: args.commits_in_flight,
-        ..Store::default()
+        batch_rows: args.batch_rows.unwrap_or(defaults.batch_rows),
+        batch_rows_max: args.batch_rows_max.unwrap_or(defaults.batch_rows_max),
+        batch_interval_ms: args.batch_interval_ms.unwrap_or(defaults.batch_interval_ms),
+        commits_in_flight: args.commits_in_flight.unwrap_or(defaults.commits_in_flight),
+        ..defaults
     };
+    let (batch_rows, batch_rows_max, batch_interval_ms, commits_in_flight) = (
+        store.batch_rows,
+        store.batch_rows_max,
+        store.batch_interval_ms,
+        store.commits_in_flight,
+    );
     let (req_tx, req_rx) = mpsc::channel(1024);
     let mut event_txs = Vec::new();
     let mut event_rxs = Vec::new();
@@ -244,10 +252,10 @@ fn main() {
         } else {
             "closed loop".to_string()
         },
-        args.batch_rows,
-        args.batch_rows_max,
-        args.batch_interval_ms,
-        args.commits_in_flight
+        batch_rows,
+        batch_rows_max,
+        batch_interval_ms,
+        commits_in_flight
     );
     println!(
         "acknowledged writes/s {rate:.0}; ack p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, \
@@ -274,7 +282,7 @@ fn main() {
          \"store_unavailable\":{},\"queue_full\":{},\"unanswered\":{}}}",
         args.writers,
         args.rate,
-        args.commits_in_flight,
+        commits_in_flight,
         q(0.5),
         q(0.99),
         sim.store_errors,
