@@ -229,12 +229,11 @@ fn main() {
         .build()
         .expect("runtime");
     let cpu_before = thread_cpu();
-    let report = rt.block_on(drive(&args, shards, req_tx, event_rxs));
+    let sim = rt.block_on(drive(&args, shards, req_tx, event_rxs));
     let sim_cpu = thread_cpu() - cpu_before;
     service.stop();
     let _ = std::fs::remove_dir_all(&data_dir);
 
-    let sim = report;
     let measured_s = args.duration_s as f64;
     let rate = sim.acked_measured as f64 / measured_s;
     let q = |p: f64| sim.latency.value_at_quantile(p) as f64 / 1e6;
@@ -276,19 +275,20 @@ fn main() {
         sim.in_flight,
         sim_cpu.as_secs_f64() / (args.warmup_s + args.duration_s) as f64 * 100.0
     );
-    println!(
-        "{{\"bench\":\"state_pipeline\",\"store\":\"{store_name}\",\"writers\":{},\"rate\":{},\
-         \"commits_in_flight\":{},\"acks_per_s\":{rate:.0},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\
-         \"store_unavailable\":{},\"queue_full\":{},\"unanswered\":{}}}",
-        args.writers,
-        args.rate,
-        commits_in_flight,
-        q(0.5),
-        q(0.99),
-        sim.store_errors,
-        sim.queue_full,
-        sim.in_flight
-    );
+    let line = serde_json::json!({
+        "bench": "state_pipeline",
+        "store": store_name,
+        "writers": args.writers,
+        "rate": args.rate,
+        "commits_in_flight": commits_in_flight,
+        "acks_per_s": rate.round(),
+        "p50_ms": q(0.5),
+        "p99_ms": q(0.99),
+        "store_unavailable": sim.store_errors,
+        "queue_full": sim.queue_full,
+        "unanswered": sim.in_flight,
+    });
+    println!("{line}");
     if sim.in_flight > 0 || sim.acked == 0 {
         std::process::exit(1);
     }
