@@ -20,6 +20,12 @@
 //!
 //! Writers have the same addresses in every run (`--address-seed`), so the
 //! state table holds just their rows however often the bench runs.
+//!
+//! `cargo test` runs this target with no arguments. It is then a short check
+//! rather than a measurement: a few hundred writers for a second, closed loop
+//! and at a set rate, against SQLite and against MariaDB (`GATEWAY_MYSQL_URL`,
+//! else the test server at [`TEST_MYSQL_URL`]). It fails unless every write
+//! was acknowledged.
 
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -32,7 +38,7 @@ use uring_gateway::routing::ConnKey;
 use uring_gateway::shard::msg::{Origin, ServiceEvent, ServiceReq};
 use uuid::Uuid;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(about = "State writes through the service shard, without sockets")]
 struct Args {
     /// Writers (simulated connections), spread over the shards.
@@ -73,6 +79,9 @@ struct Args {
     #[arg(long, hide = true)]
     bench: bool,
 }
+
+/// The MariaDB server of the test suite, for the check `cargo test` runs.
+const TEST_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
 /// A simulated shard flushes its request batch at least this often.
 const TICK: Duration = Duration::from_millis(1);
@@ -187,17 +196,80 @@ impl Sim {
 }
 
 fn main() {
-    let args = Args::parse();
+    let mysql_url = std::env::var("GATEWAY_MYSQL_URL").unwrap_or_default();
+    let checking = std::env::args_os().len() == 1;
+    if checking {
+        // The service reads the variable too, and it would turn the SQLite
+        // run into a second MariaDB run; the check passes the URL itself.
+        // SAFETY: no other thread exists yet to read the environment.
+        unsafe { std::env::remove_var("GATEWAY_MYSQL_URL") };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    if checking {
+        check(&mysql_url);
+        return;
+    }
+    let args = Args::parse();
+    let sim = run(&args, &mysql_url);
+    if sim.in_flight > 0 || sim.acked == 0 {
+        std::process::exit(1);
+    }
+}
+
+/// What `cargo test` runs: every store, closed loop and at a set rate, every
+/// write acknowledged.
+fn check(mysql_url: &str) {
+    let mysql_url = if mysql_url.is_empty() {
+        TEST_MYSQL_URL
+    } else {
+        mysql_url
+    };
+    let short = Args::parse_from([
+        "state_pipeline",
+        "--writers",
+        "300",
+        "--shards",
+        "2",
+        "--duration-s",
+        "1",
+        "--warmup-s",
+        "0",
+    ]);
+    for url in ["", mysql_url] {
+        for rate in [0.0, 3_000.0] {
+            let args = Args {
+                rate,
+                ..short.clone()
+            };
+            let sim = run(&args, url);
+            let what = format!(
+                "store {}, rate {rate}",
+                if url.is_empty() { "sqlite" } else { "mysql" }
+            );
+            assert!(sim.acked_measured > 0, "{what}: no write acknowledged");
+            assert_eq!(sim.in_flight, 0, "{what}: writes left unanswered");
+            assert_eq!(sim.store_errors, 0, "{what}: writes refused");
+            assert_eq!(sim.queue_full, 0, "{what}: the service queue overflowed");
+            assert_eq!(sim.acked, sim.sent, "{what}: sent and acknowledged differ");
+        }
+    }
+}
+
+/// One measurement against the store `mysql_url` names (SQLite when empty),
+/// reported on stdout.
+fn run(args: &Args, mysql_url: &str) -> Sim {
     let shards = args.shards.max(1) as usize;
-    let data_dir = std::env::temp_dir().join(format!("state-pipeline-{}", std::process::id()));
-    let mysql_url = std::env::var("GATEWAY_MYSQL_URL").unwrap_or_default();
+    let data_dir = std::env::temp_dir().join(format!(
+        "state-pipeline-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let defaults = Store::default();
     let store = Store {
-        mysql_url: mysql_url.clone(),
+        mysql_url: mysql_url.to_string(),
         data_dir: data_dir.clone(),
         batch_rows: args.batch_rows.unwrap_or(defaults.batch_rows),
         batch_rows_max: args.batch_rows_max.unwrap_or(defaults.batch_rows_max),
@@ -229,7 +301,7 @@ fn main() {
         .build()
         .expect("runtime");
     let cpu_before = thread_cpu();
-    let sim = rt.block_on(drive(&args, shards, req_tx, event_rxs));
+    let sim = rt.block_on(drive(args, shards, req_tx, event_rxs));
     let sim_cpu = thread_cpu() - cpu_before;
     service.stop();
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -289,10 +361,11 @@ fn main() {
         "unanswered": sim.in_flight,
     });
     println!("{line}");
-    if sim.in_flight > 0 || sim.acked == 0 {
-        std::process::exit(1);
-    }
+    sim
 }
+
+/// Runs so far in this process, for a data directory of each run's own.
+static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 async fn drive(
     args: &Args,
